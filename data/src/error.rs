@@ -1,0 +1,30 @@
+//! Errors of the data crate. Each names the file or value at fault.
+
+use std::path::PathBuf;
+
+/// Result with this crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong while reading text, images or datasets.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tokenizer file is not usable.
+    #[error("{path}: not a usable CLIP tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    /// Encoding a text failed.
+    #[error("cannot tokenize {text:?}: {msg}")]
+    Encode { text: String, msg: String },
+    /// A configuration file is not usable.
+    #[error("{path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    /// An image could not be decoded.
+    #[error("cannot decode image {path}: {msg}")]
+    Image { path: PathBuf, msg: String },
+}

@@ -1,0 +1,10 @@
+//! `mmrl-data`: CLIP's tokenizer and image preprocessing; datasets, few-shot
+//! sampling and batching.
+
+pub mod error;
+pub mod preprocess;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use preprocess::PreprocessConfig;
+pub use tokenizer::{ClipTokenizer, TokenBatch};

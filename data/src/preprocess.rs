@@ -1,0 +1,266 @@
+//! CLIP's image preprocessing, as OpenAI's `clip.load` transform and Hugging
+//! Face's `CLIPImageProcessor` do it: decode to 8-bit RGB, resize the shorter
+//! side with Pillow's bicubic filter (antialiased), center crop, scale to
+//! [0, 1], normalise with CLIP's mean and std.
+
+use std::path::Path;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, RgbImage};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// CLIP's normalisation mean (OpenAI `clip/clip.py`).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// CLIP's normalisation std (OpenAI `clip/clip.py`).
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// What the model expects of its input images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessConfig {
+    /// The shorter side is resized to this. Default 224.
+    pub shortest_edge: usize,
+    /// Side of the square center crop. Default 224.
+    pub crop_size: usize,
+    /// Per-channel mean subtracted after scaling to [0, 1].
+    pub mean: [f32; 3],
+    /// Per-channel std divided by after subtracting the mean.
+    pub std: [f32; 3],
+}
+
+impl Default for PreprocessConfig {
+    fn default() -> Self {
+        Self::for_image_size(224)
+    }
+}
+
+impl PreprocessConfig {
+    /// CLIP's preprocessing for a model with input resolution `size`.
+    pub fn for_image_size(size: usize) -> Self {
+        Self {
+            shortest_edge: size,
+            crop_size: size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+        }
+    }
+
+    /// Reads a Hugging Face `preprocessor_config.json` (`size.shortest_edge`,
+    /// `crop_size`, `image_mean`, `image_std`); missing fields keep CLIP's values
+    /// for `default_size`.
+    pub fn from_hf_json(path: &Path, default_size: usize) -> Result<Self> {
+        let bad = |msg: String| Error::Config {
+            path: path.into(),
+            msg,
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let mut config = Self::for_image_size(default_size);
+        let side = |v: &serde_json::Value, keys: &[&str]| -> Option<usize> {
+            if let Some(n) = v.as_u64() {
+                return Some(n as usize);
+            }
+            keys.iter().find_map(|k| v.get(k)?.as_u64()).map(|n| n as usize)
+        };
+        if let Some(size) = v.get("size") {
+            config.shortest_edge = side(size, &["shortest_edge", "height"])
+                .ok_or_else(|| bad(format!("unsupported `size` {size}")))?;
+        }
+        if let Some(crop) = v.get("crop_size") {
+            config.crop_size = side(crop, &["height"])
+                .ok_or_else(|| bad(format!("unsupported `crop_size` {crop}")))?;
+        }
+        for (key, dst) in [("image_mean", &mut config.mean), ("image_std", &mut config.std)] {
+            if let Some(arr) = v.get(key) {
+                let vals: Vec<f32> = arr
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+                    .unwrap_or_default();
+                *dst = vals
+                    .try_into()
+                    .map_err(|_| bad(format!("`{key}` must be 3 numbers, found {arr}")))?;
+            }
+        }
+        Ok(config)
+    }
+
+    /// Floats per preprocessed image (`3 × crop × crop`).
+    pub fn numel(&self) -> usize {
+        3 * self.crop_size * self.crop_size
+    }
+}
+
+/// Decodes an image file to 8-bit RGB: grayscale is replicated, alpha is
+/// dropped (as Pillow's `convert("RGB")`), 16-bit channels keep their high
+/// byte (as Pillow reads 16-bit PNGs).
+pub fn load_rgb8(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.into(),
+        source,
+    })?;
+    decode_rgb8(&bytes).map_err(|msg| Error::Image {
+        path: path.into(),
+        msg,
+    })
+}
+
+/// [`load_rgb8`] on bytes in memory.
+pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    if reader.format().is_none() {
+        return Err("unknown image format (expected JPEG, PNG, BMP, WebP, TIFF or GIF)".into());
+    }
+    let img = reader.decode().map_err(|e| e.to_string())?;
+    Ok(to_rgb8(img))
+}
+
+fn to_rgb8(img: DynamicImage) -> RgbImage {
+    let high = |v: u16| (v >> 8) as u8;
+    match img {
+        DynamicImage::ImageRgb8(i) => i,
+        DynamicImage::ImageLuma16(i) => {
+            let (w, h) = i.dimensions();
+            RgbImage::from_fn(w, h, |x, y| {
+                let v = high(i.get_pixel(x, y)[0]);
+                image::Rgb([v, v, v])
+            })
+        }
+        DynamicImage::ImageLumaA16(i) => {
+            let (w, h) = i.dimensions();
+            RgbImage::from_fn(w, h, |x, y| {
+                let v = high(i.get_pixel(x, y)[0]);
+                image::Rgb([v, v, v])
+            })
+        }
+        DynamicImage::ImageRgb16(i) => {
+            let (w, h) = i.dimensions();
+            RgbImage::from_fn(w, h, |x, y| {
+                let p = i.get_pixel(x, y);
+                image::Rgb([high(p[0]), high(p[1]), high(p[2])])
+            })
+        }
+        DynamicImage::ImageRgba16(i) => {
+            let (w, h) = i.dimensions();
+            RgbImage::from_fn(w, h, |x, y| {
+                let p = i.get_pixel(x, y);
+                image::Rgb([high(p[0]), high(p[1]), high(p[2])])
+            })
+        }
+        // 8-bit gray, gray+alpha, RGBA: replicate / drop alpha, no compositing.
+        other => other.to_rgb8(),
+    }
+}
+
+/// Output size of the shorter-side resize, `(width, height)`, computed as
+/// transformers' `get_resize_output_image_size` and torchvision's `Resize` do.
+pub fn resized_size(width: usize, height: usize, shortest_edge: usize) -> (usize, usize) {
+    let (short, long) = if width <= height {
+        (width, height)
+    } else {
+        (height, width)
+    };
+    let new_long = (shortest_edge as f64 * long as f64 / short as f64) as usize;
+    if width <= height {
+        (shortest_edge, new_long)
+    } else {
+        (new_long, shortest_edge)
+    }
+}
+
+/// Shorter side to `shortest_edge` (Pillow bicubic with antialiasing), then
+/// the center `crop_size` square (offsets rounded down, as transformers does).
+pub fn resize_and_crop(img: &RgbImage, config: &PreprocessConfig) -> RgbImage {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (rw, rh) = resized_size(w, h, config.shortest_edge);
+    let resized = if (rw, rh) == (w, h) {
+        img.clone()
+    } else {
+        resize_bicubic(img, rw, rh)
+    };
+    let crop = config.crop_size;
+    let top = rh.saturating_sub(crop) / 2;
+    let left = rw.saturating_sub(crop) / 2;
+    // A crop larger than the image pads with black, as transformers does.
+    RgbImage::from_fn(crop as u32, crop as u32, |x, y| {
+        let (sx, sy) = (left + x as usize, top + y as usize);
+        let (ox, oy) = ((crop.saturating_sub(rw)) / 2, (crop.saturating_sub(rh)) / 2);
+        if rw >= crop && rh >= crop {
+            *resized.get_pixel(sx as u32, sy as u32)
+        } else if (x as usize) >= ox
+            && (y as usize) >= oy
+            && (x as usize - ox) < rw
+            && (y as usize - oy) < rh
+        {
+            *resized.get_pixel((x as usize - ox) as u32, (y as usize - oy) as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// Pillow-compatible bicubic (Catmull-Rom, a = -0.5) convolution resize.
+fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
+    let src = Image::from_vec_u8(
+        img.width(),
+        img.height(),
+        img.as_raw().clone(),
+        PixelType::U8x3,
+    )
+    .expect("buffer length matches the image size");
+    let mut dst = Image::new(width as u32, height as u32, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .expect("source and destination are both U8x3");
+    RgbImage::from_raw(width as u32, height as u32, dst.into_vec())
+        .expect("buffer length matches the image size")
+}
+
+/// Scales to [0, 1] and normalises, channel-major: `[3, crop, crop]`.
+pub fn normalize_chw(img: &RgbImage, config: &PreprocessConfig) -> Vec<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut out = vec![0.0f32; 3 * w * h];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let v = p[c] as f32 / 255.0;
+            out[c * w * h + i] = (v - config.mean[c]) / config.std[c];
+        }
+    }
+    out
+}
+
+/// Decode, resize, crop and normalise one image file: `[3, crop, crop]`.
+pub fn preprocess_file(path: &Path, config: &PreprocessConfig) -> Result<Vec<f32>> {
+    let img = load_rgb8(path)?;
+    Ok(normalize_chw(&resize_and_crop(&img, config), config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_keeps_aspect_and_truncates_like_transformers() {
+        assert_eq!(resized_size(640, 480, 224), (298, 224));
+        assert_eq!(resized_size(50, 80, 224), (224, 358));
+        assert_eq!(resized_size(224, 224, 224), (224, 224));
+    }
+
+    #[test]
+    fn normalize_is_channel_major() {
+        let img = RgbImage::from_fn(2, 1, |x, _| image::Rgb([255 * x as u8, 0, 0]));
+        let cfg = PreprocessConfig::for_image_size(2);
+        let v = normalize_chw(&img, &cfg);
+        assert_eq!(v.len(), 6);
+        assert!((v[1] - (1.0 - CLIP_MEAN[0]) / CLIP_STD[0]).abs() < 1e-6);
+        assert!((v[2] - (0.0 - CLIP_MEAN[1]) / CLIP_STD[1]).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,7 @@
+//! `mmrl-model`: CLIP and the methods that adapt it, as Burn modules written
+//! once and generic over `B: Backend`, plus weight loading.
+
+pub mod clip;
+pub mod error;
+
+pub use error::{Error, Result};

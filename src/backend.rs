@@ -1,0 +1,67 @@
+//! The backends the binary can run on, chosen at run time with `--device`.
+
+use std::fmt;
+
+/// CPU backend (always built).
+pub type Cpu = burn::backend::NdArray<f32>;
+/// Any GPU through wgpu (Vulkan, Metal, DX12); built with `--features wgpu`.
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+/// NVIDIA GPUs through CUDA; built with `--features cuda`.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+
+/// `--device` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum DeviceKind {
+    /// CPU (ndarray).
+    #[default]
+    Cpu,
+    /// Any GPU through wgpu.
+    Wgpu,
+    /// NVIDIA GPU through CUDA.
+    Cuda,
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Cuda => "cuda",
+        })
+    }
+}
+
+/// Runs `$body` with `B` bound to the backend `$kind` selects and `device`
+/// set to its default device; fails clearly when the binary lacks it.
+#[macro_export]
+macro_rules! with_backend {
+    ($kind:expr, |$b:ident, $device:ident| $body:expr) => {{
+        use $crate::backend::DeviceKind;
+        match $kind {
+            DeviceKind::Cpu => {
+                type $b = $crate::backend::Cpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "wgpu")]
+            DeviceKind::Wgpu => {
+                type $b = $crate::backend::Wgpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => {
+                type $b = $crate::backend::Cuda;
+                let $device = Default::default();
+                $body
+            }
+            #[allow(unreachable_patterns)]
+            other => Err(anyhow::anyhow!(
+                "this mmrl binary was built without the {other} backend; rebuild with \
+                 `cargo build --release --features {other}` (see the README)"
+            )),
+        }
+    }};
+}

@@ -1,0 +1,237 @@
+//! The `mmrl` command line.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use mmrl_data::preprocess::{self, PreprocessConfig};
+use mmrl_data::ClipTokenizer;
+use mmrl_model::clip::loader::{load_clip, LoadedClip};
+use mmrl_train::zeroshot;
+
+use crate::backend::DeviceKind;
+
+/// Few-shot adaptation of CLIP (MMRL, CoOp, zero-shot) on CPU, any GPU or CUDA.
+#[derive(Debug, Parser)]
+#[command(name = "mmrl", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify images with zero-shot CLIP.
+    Zeroshot(ZeroshotArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ZeroshotArgs {
+    /// CLIP weights: a Hugging Face folder (config.json + model.safetensors)
+    /// or an OpenAI/open_clip .safetensors/.pt file.
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// tokenizer.json or bpe_simple_vocab_16e6.txt.gz; default: the folder's
+    /// tokenizer.json, else the bundled OpenAI vocabulary.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Image files or folders (folders are read in sorted order).
+    #[arg(long, num_args = 1.., required = true)]
+    pub images: Vec<PathBuf>,
+    /// Class names, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "classes_file")]
+    pub classes: Vec<String>,
+    /// A file with one class name per line.
+    #[arg(long)]
+    pub classes_file: Option<PathBuf>,
+    /// Prompt template; `{}` is replaced by the class name.
+    #[arg(long, default_value = zeroshot::DEFAULT_TEMPLATE)]
+    pub template: String,
+    /// Backend to run on.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Zeroshot(args) => {
+            crate::with_backend!(args.device, |B, device| zeroshot_cmd::<B>(&args, &device))
+        }
+    }
+}
+
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "webp", "gif", "tif", "tiff"];
+
+/// Files as given; folders expanded to their image files in sorted order.
+pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .with_context(|| format!("cannot list folder {}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .and_then(|e| e.to_str())
+                            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                bail!(
+                    "folder {} has no image files ({})",
+                    input.display(),
+                    IMAGE_EXTENSIONS.join(", ")
+                );
+            }
+            out.extend(files);
+        } else if input.is_file() {
+            out.push(input.clone());
+        } else {
+            bail!("image {} does not exist", input.display());
+        }
+    }
+    Ok(out)
+}
+
+fn read_classes(args: &ZeroshotArgs) -> Result<Vec<String>> {
+    let classes: Vec<String> = match &args.classes_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read classes file {}", path.display()))?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        None => args.classes.iter().map(|c| c.trim().to_string()).collect(),
+    };
+    Ok(classes)
+}
+
+/// The tokenizer: `--tokenizer`, else the weights folder's, else the bundled one.
+pub fn pick_tokenizer(explicit: Option<&Path>, from_weights: Option<&Path>) -> Result<ClipTokenizer> {
+    match explicit.or(from_weights) {
+        Some(path) => ClipTokenizer::from_path(path)
+            .with_context(|| format!("loading tokenizer {}", path.display())),
+        None => Ok(ClipTokenizer::bundled()),
+    }
+}
+
+/// Preprocessing for a loaded CLIP: the folder's `preprocessor_config.json`
+/// if it has one, else CLIP's for the model's input size.
+pub fn preprocess_config<B: Backend>(clip_path: &Path, loaded: &LoadedClip<B>) -> Result<PreprocessConfig> {
+    let size = loaded.config.vision_config.image_size;
+    let file = clip_path.join("preprocessor_config.json");
+    let config = if clip_path.is_dir() && file.is_file() {
+        PreprocessConfig::from_hf_json(&file, size)?
+    } else {
+        PreprocessConfig::for_image_size(size)
+    };
+    if config.crop_size != size {
+        bail!(
+            "{}: crop_size {} does not match the model's image_size {}",
+            file.display(),
+            config.crop_size,
+            size
+        );
+    }
+    Ok(config)
+}
+
+#[derive(Serialize)]
+struct ZeroshotJson {
+    classes: Vec<String>,
+    results: Vec<ImageResult>,
+}
+
+#[derive(Serialize)]
+struct ImageResult {
+    image: String,
+    logits: Vec<f32>,
+    probs: Vec<f32>,
+    pred: String,
+}
+
+fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<()> {
+    let classes = read_classes(args)?;
+    zeroshot::check_classes(&args.template, &classes)?;
+    let images = collect_images(&args.images)?;
+    let loaded = load_clip::<B>(&args.clip, device)
+        .with_context(|| format!("loading CLIP from {}", args.clip.display()))?;
+    let tokenizer = pick_tokenizer(args.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
+    let pre = preprocess_config(&args.clip, &loaded)?;
+    let clip = &loaded.model;
+    let text = zeroshot::class_text_features(clip, &tokenizer, &classes, &args.template, device)?;
+
+    let mut results = Vec::with_capacity(images.len());
+    for chunk in images.chunks(args.batch_size.max(1)) {
+        let mut pixels = Vec::with_capacity(chunk.len() * pre.numel());
+        for path in chunk {
+            pixels.extend(preprocess::preprocess_file(path, &pre)?);
+        }
+        let side = pre.crop_size;
+        let batch = Tensor::<B, 1>::from_data(TensorData::new(pixels, [chunk.len() * pre.numel()]), device)
+            .reshape([chunk.len(), 3, side, side]);
+        let out = zeroshot::classify(clip, batch, text.clone());
+        let logits: Vec<f32> = out.logits.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let probs: Vec<f32> = out.probs.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let n = classes.len();
+        for (i, path) in chunk.iter().enumerate() {
+            let row_logits = logits[i * n..(i + 1) * n].to_vec();
+            let row_probs = probs[i * n..(i + 1) * n].to_vec();
+            let best = argmax(&row_logits);
+            results.push(ImageResult {
+                image: path.display().to_string(),
+                logits: row_logits,
+                probs: row_probs,
+                pred: classes[best].clone(),
+            });
+        }
+    }
+
+    if args.json {
+        let out = ZeroshotJson { classes, results };
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        print_table(&classes, &results);
+    }
+    Ok(())
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+        .0
+}
+
+fn print_table(classes: &[String], results: &[ImageResult]) {
+    let width = results.iter().map(|r| r.image.len()).max().unwrap_or(5).max(5);
+    println!("{:<width$}  {:<20} {:>7}  runner-up", "image", "prediction", "prob");
+    for r in results {
+        let best = argmax(&r.logits);
+        let mut order: Vec<usize> = (0..classes.len()).collect();
+        order.sort_by(|&a, &b| r.probs[b].total_cmp(&r.probs[a]));
+        let second = order
+            .get(1)
+            .map(|&i| format!("{} ({:.1}%)", classes[i], 100.0 * r.probs[i]))
+            .unwrap_or_default();
+        println!(
+            "{:<width$}  {:<20} {:>6.1}%  {}",
+            r.image,
+            r.pred,
+            100.0 * r.probs[best],
+            second
+        );
+    }
+}
