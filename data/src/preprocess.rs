@@ -115,11 +115,25 @@ pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("unknown image format (expected JPEG, PNG, BMP, WebP, TIFF or GIF)".into());
+    match reader.format() {
+        None => {
+            return Err("unknown image format (expected JPEG, PNG, BMP, WebP, TIFF or GIF)".into())
+        }
+        // The JPEG decoder fills a truncated file with gray; Pillow refuses
+        // it ("image file is truncated"), and so do we.
+        Some(image::ImageFormat::Jpeg) if !jpeg_has_end_marker(bytes) => {
+            return Err("truncated JPEG (no end-of-image marker); re-copy the file".into())
+        }
+        Some(_) => {}
     }
     let img = reader.decode().map_err(|e| e.to_string())?;
     Ok(to_rgb8(img))
+}
+
+/// Whether a JPEG ends with its EOI marker (trailing padding allowed).
+fn jpeg_has_end_marker(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(4096)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 fn to_rgb8(img: DynamicImage) -> RgbImage {
@@ -207,21 +221,33 @@ pub fn resize_and_crop(img: &RgbImage, config: &PreprocessConfig) -> RgbImage {
 }
 
 /// Pillow-compatible bicubic (Catmull-Rom, a = -0.5) convolution resize.
+///
+/// Pillow runs the horizontal pass first and rounds the intermediate image to
+/// 8 bits; fast_image_resize runs the vertical pass first for 8-bit images.
+/// The two orders round and clip overshoot differently near edges, so we
+/// run the passes as two one-dimensional resizes in Pillow's order.
 fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
-    let src = Image::from_vec_u8(
-        img.width(),
-        img.height(),
-        img.as_raw().clone(),
-        PixelType::U8x3,
-    )
-    .expect("buffer length matches the image size");
-    let mut dst = Image::new(width as u32, height as u32, PixelType::U8x3);
+    let (w0, h0) = (img.width(), img.height());
+    let (w1, h1) = (width as u32, height as u32);
+    let mut buf = img.as_raw().clone();
+    let mut resizer = Resizer::new();
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
-    Resizer::new()
-        .resize(&src, &mut dst, &options)
-        .expect("source and destination are both U8x3");
-    RgbImage::from_raw(width as u32, height as u32, dst.into_vec())
-        .expect("buffer length matches the image size")
+    let mut pass = |buf: Vec<u8>, from: (u32, u32), to: (u32, u32)| -> Vec<u8> {
+        let src = Image::from_vec_u8(from.0, from.1, buf, PixelType::U8x3)
+            .expect("buffer length matches the image size");
+        let mut dst = Image::new(to.0, to.1, PixelType::U8x3);
+        resizer
+            .resize(&src, &mut dst, &options)
+            .expect("source and destination are both U8x3");
+        dst.into_vec()
+    };
+    if w1 != w0 {
+        buf = pass(buf, (w0, h0), (w1, h0));
+    }
+    if h1 != h0 {
+        buf = pass(buf, (w1, h0), (w1, h1));
+    }
+    RgbImage::from_raw(w1, h1, buf).expect("buffer length matches the image size")
 }
 
 /// Scales to [0, 1] and normalises, channel-major: `[3, crop, crop]`.

@@ -130,16 +130,16 @@ impl ClipTokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), json!(i)))
             .collect();
-        let merges: Vec<String> = merges.iter().map(|(a, b)| format!("{a} {b}")).collect();
+        let merges: Vec<[&str; 2]> = merges.iter().map(|(a, b)| [*a, *b]).collect();
         let spec = json!({
             "version": "1.0",
             "truncation": null,
             "padding": null,
             "added_tokens": [
                 {"id": sot, "content": SOT, "single_word": false, "lstrip": false,
-                 "rstrip": false, "normalized": true, "special": true},
+                 "rstrip": false, "normalized": false, "special": true},
                 {"id": eot, "content": EOT, "single_word": false, "lstrip": false,
-                 "rstrip": false, "normalized": true, "special": true}
+                 "rstrip": false, "normalized": false, "special": true}
             ],
             "normalizer": {"type": "Sequence", "normalizers": [
                 {"type": "NFC"},
@@ -150,7 +150,7 @@ impl ClipTokenizer {
                 {"type": "Split", "pattern": {"Regex": SPLIT_PATTERN},
                  "behavior": "Removed", "invert": true},
                 {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-                 "use_regex": false}
+                 "use_regex": true}
             ]},
             "post_processor": {"type": "RobertaProcessing", "sep": [EOT, eot], "cls": [SOT, sot],
                 "trim_offsets": false, "add_prefix_space": false},
