@@ -113,7 +113,12 @@ fn read_classes(args: &ZeroshotArgs) -> Result<Vec<String>> {
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect(),
-        None => args.classes.iter().map(|c| c.trim().to_string()).collect(),
+        None => args
+            .classes
+            .iter()
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect(),
     };
     Ok(classes)
 }

@@ -28,17 +28,10 @@ fn resize_and_crop_224_matches_pillow_bicubic() {
         let max = max_abs_diff(&ours, &theirs);
         let off = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
         eprintln!("{name}: max uint8 diff {max}, {off} of {} values differ", ours.len());
-        // Same bicubic kernel and pass order as Pillow; the fixed-point
-        // rounding differs by at most 2 levels in under 1 % of values. JPEGs
-        // also differ by the decoder (zune-jpeg vs libjpeg-turbo's IDCT and
-        // chroma upsampling): a few levels, under 1 level on average.
-        let mean = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).sum::<f32>() / ours.len() as f32;
-        let ok = if name.ends_with(".jpg") {
-            max <= 6.0 && mean <= 0.6
-        } else {
-            max <= 2.0 && off * 100 <= ours.len()
-        };
-        if !ok {
+        // Same decoder (libjpeg-turbo), bicubic kernel, pass order and
+        // rounding as Pillow; Pillow's 22-bit fixed-point coefficients still
+        // flip a few near-ties by one level (seen: at most 30 of 150 528).
+        if max > 1.0 || off * 1000 > ours.len() {
             failures.push(format!("{name}: max diff {max}, {off} values differ"));
         }
     }
@@ -58,8 +51,7 @@ fn pixel_values_match_transformers() {
         // One uint8 level is 1/255/std ≈ 0.015 after normalisation.
         let max = max_abs_diff(&ours, &theirs);
         eprintln!("{name}: max normalised diff {max}");
-        let levels = if name.ends_with(".jpg") { 6.0 } else { 2.0 };
-        assert!(max <= levels * 0.0151, "{name}: pixel values differ by {max}");
+        assert!(max <= 0.0151, "{name}: pixel values differ by {max}");
     }
 }
 

@@ -124,10 +124,49 @@ pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<RgbImage, String> {
         Some(image::ImageFormat::Jpeg) if !jpeg_has_end_marker(bytes) => {
             return Err("truncated JPEG (no end-of-image marker); re-copy the file".into())
         }
+        Some(image::ImageFormat::Jpeg) => {
+            if let Some(img) = decode_jpeg_like_pillow(bytes)? {
+                return Ok(img);
+            }
+        }
         Some(_) => {}
     }
     let img = reader.decode().map_err(|e| e.to_string())?;
     Ok(to_rgb8(img))
+}
+
+/// Decodes a JPEG with libjpeg-turbo's decoder (islow IDCT, fancy
+/// upsampling), as Pillow does, so pixels are bit-identical to the Python
+/// pipelines'. `None` for CMYK/YCCK files, which go to the `image` crate.
+fn decode_jpeg_like_pillow(bytes: &[u8]) -> std::result::Result<Option<RgbImage>, String> {
+    // libjpeg errors unwind (without the panic hook) out of mozjpeg.
+    let decoded = std::panic::catch_unwind(|| -> std::io::Result<Option<RgbImage>> {
+        let decompress = mozjpeg::Decompress::new_mem(bytes)?;
+        if matches!(
+            decompress.color_space(),
+            mozjpeg::ColorSpace::JCS_CMYK | mozjpeg::ColorSpace::JCS_YCCK
+        ) {
+            return Ok(None);
+        }
+        let mut started = decompress.rgb()?;
+        let (w, h) = (started.width() as u32, started.height() as u32);
+        let pixels: Vec<[u8; 3]> = started.read_scanlines()?;
+        started.finish()?;
+        let raw: Vec<u8> = pixels.into_iter().flatten().collect();
+        Ok(RgbImage::from_raw(w, h, raw))
+    });
+    match decoded {
+        Ok(Ok(img)) => Ok(img),
+        Ok(Err(e)) => Err(format!("invalid JPEG: {e}")),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "libjpeg error".into());
+            Err(format!("invalid JPEG: {msg}"))
+        }
+    }
 }
 
 /// Whether a JPEG ends with its EOI marker (trailing padding allowed).
@@ -222,10 +261,12 @@ pub fn resize_and_crop(img: &RgbImage, config: &PreprocessConfig) -> RgbImage {
 
 /// Pillow-compatible bicubic (Catmull-Rom, a = -0.5) convolution resize.
 ///
-/// Pillow runs the horizontal pass first and rounds the intermediate image to
-/// 8 bits; fast_image_resize runs the vertical pass first for 8-bit images.
-/// The two orders round and clip overshoot differently near edges, so we
-/// run the passes as two one-dimensional resizes in Pillow's order.
+/// Pillow runs the horizontal pass first, then the vertical one, and rounds
+/// each pass's exact convolution to 8 bits (22-bit fixed point, half up).
+/// fast_image_resize's 8-bit path runs the passes the other way round with
+/// coarser fixed point, which moves values by a level or two near edges. So
+/// we run two one-dimensional resizes in Pillow's order on f32 pixels and
+/// round each result to 8 bits as Pillow does.
 fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
     let (w0, h0) = (img.width(), img.height());
     let (w1, h1) = (width as u32, height as u32);
@@ -233,13 +274,23 @@ fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
     let mut resizer = Resizer::new();
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
     let mut pass = |buf: Vec<u8>, from: (u32, u32), to: (u32, u32)| -> Vec<u8> {
-        let src = Image::from_vec_u8(from.0, from.1, buf, PixelType::U8x3)
+        let floats: Vec<u8> = buf
+            .iter()
+            .flat_map(|&v| (v as f32).to_ne_bytes())
+            .collect();
+        let src = Image::from_vec_u8(from.0, from.1, floats, PixelType::F32x3)
             .expect("buffer length matches the image size");
-        let mut dst = Image::new(to.0, to.1, PixelType::U8x3);
+        let mut dst = Image::new(to.0, to.1, PixelType::F32x3);
         resizer
             .resize(&src, &mut dst, &options)
-            .expect("source and destination are both U8x3");
-        dst.into_vec()
+            .expect("source and destination are both F32x3");
+        dst.buffer()
+            .chunks_exact(4)
+            .map(|b| {
+                let v = f32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                (v + 0.5).floor().clamp(0.0, 255.0) as u8
+            })
+            .collect()
     };
     if w1 != w0 {
         buf = pass(buf, (w0, h0), (w1, h0));
