@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use mmrl_data::preprocess::{self, PreprocessConfig};
 use mmrl_data::ClipTokenizer;
-use mmrl_model::clip::loader::{load_clip, LoadedClip};
+use mmrl_model::clip::loader::{load_clip, Layout, LoadedClip};
 use mmrl_train::zeroshot;
 
 use crate::backend::DeviceKind;
@@ -82,9 +82,9 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.is_file()
-                        && p.extension()
-                            .and_then(|e| e.to_str())
-                            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+                        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                            IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())
+                        })
                 })
                 .collect();
             files.sort();
@@ -124,7 +124,10 @@ fn read_classes(args: &ZeroshotArgs) -> Result<Vec<String>> {
 }
 
 /// The tokenizer: `--tokenizer`, else the weights folder's, else the bundled one.
-pub fn pick_tokenizer(explicit: Option<&Path>, from_weights: Option<&Path>) -> Result<ClipTokenizer> {
+pub fn pick_tokenizer(
+    explicit: Option<&Path>,
+    from_weights: Option<&Path>,
+) -> Result<ClipTokenizer> {
     match explicit.or(from_weights) {
         Some(path) => ClipTokenizer::from_path(path)
             .with_context(|| format!("loading tokenizer {}", path.display())),
@@ -134,7 +137,10 @@ pub fn pick_tokenizer(explicit: Option<&Path>, from_weights: Option<&Path>) -> R
 
 /// Preprocessing for a loaded CLIP: the folder's `preprocessor_config.json`
 /// if it has one, else CLIP's for the model's input size.
-pub fn preprocess_config<B: Backend>(clip_path: &Path, loaded: &LoadedClip<B>) -> Result<PreprocessConfig> {
+pub fn preprocess_config<B: Backend>(
+    clip_path: &Path,
+    loaded: &LoadedClip<B>,
+) -> Result<PreprocessConfig> {
     let size = loaded.config.vision_config.image_size;
     let file = clip_path.join("preprocessor_config.json");
     let config = if clip_path.is_dir() && file.is_file() {
@@ -185,11 +191,22 @@ fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<(
             pixels.extend(preprocess::preprocess_file(path, &pre)?);
         }
         let side = pre.crop_size;
-        let batch = Tensor::<B, 1>::from_data(TensorData::new(pixels, [chunk.len() * pre.numel()]), device)
-            .reshape([chunk.len(), 3, side, side]);
+        let batch =
+            Tensor::<B, 1>::from_data(TensorData::new(pixels, [chunk.len() * pre.numel()]), device)
+                .reshape([chunk.len(), 3, side, side]);
         let out = zeroshot::classify(clip, batch, text.clone());
-        let logits: Vec<f32> = out.logits.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let probs: Vec<f32> = out.probs.into_data().convert::<f32>().to_vec().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let logits: Vec<f32> = out
+            .logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let probs: Vec<f32> = out
+            .probs
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let n = classes.len();
         for (i, path) in chunk.iter().enumerate() {
             let row_logits = logits[i * n..(i + 1) * n].to_vec();
@@ -216,13 +233,27 @@ fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<(
 fn argmax(v: &[f32]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| if x > bv { (i, x) } else { (bi, bv) })
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &x)| {
+            if x > bv {
+                (i, x)
+            } else {
+                (bi, bv)
+            }
+        })
         .0
 }
 
 fn print_table(classes: &[String], results: &[ImageResult]) {
-    let width = results.iter().map(|r| r.image.len()).max().unwrap_or(5).max(5);
-    println!("{:<width$}  {:<20} {:>7}  runner-up", "image", "prediction", "prob");
+    let width = results
+        .iter()
+        .map(|r| r.image.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:<width$}  {:<20} {:>7}  runner-up",
+        "image", "prediction", "prob"
+    );
     for r in results {
         let best = argmax(&r.logits);
         let mut order: Vec<usize> = (0..classes.len()).collect();

@@ -17,7 +17,11 @@ fn valid_images() -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| clip_fixture(&format!("images/{}", i.as_str().unwrap())).display().to_string())
+        .map(|i| {
+            clip_fixture(&format!("images/{}", i.as_str().unwrap()))
+                .display()
+                .to_string()
+        })
         .collect()
 }
 
@@ -35,8 +39,9 @@ fn tokenizer() -> String {
     clip_fixture("tiny_hf/tokenizer.json").display().to_string()
 }
 
-/// Runs zeroshot --json on the valid images and compares with transformers.
-fn check_logits(clip: &str, extra: &[&str]) {
+/// Runs zeroshot --json on the valid images and compares with transformers'
+/// logits in `key` (the images preprocessed as the weights' ecosystem does).
+fn check_logits(clip: &str, key: &str, extra: &[&str]) {
     let clip = clip_fixture(clip).display().to_string();
     let images = valid_images();
     let classes = classes_arg();
@@ -45,9 +50,13 @@ fn check_logits(clip: &str, extra: &[&str]) {
     args.push("--images");
     args.extend(images.iter().map(String::as_str));
     let out = mmrl(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    let (expected, shape) = tensor("expected.safetensors", "logits_per_image");
+    let (expected, shape) = tensor("expected.safetensors", key);
     let n_classes = shape[1];
     let results = json["results"].as_array().unwrap();
     assert_eq!(results.len(), shape[0]);
@@ -55,50 +64,94 @@ fn check_logits(clip: &str, extra: &[&str]) {
     for (i, r) in results.iter().enumerate() {
         let image = r["image"].as_str().unwrap();
         assert_eq!(image, images[i]);
-        let logits: Vec<f32> = r["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        let probs: Vec<f32> = r["probs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let logits: Vec<f32> = r["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let probs: Vec<f32> = r["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
         let d = max_abs_diff(&logits, &expected[i * n_classes..(i + 1) * n_classes]);
         eprintln!("{clip} {image}: max logit diff {d:e}");
         assert!(d <= 1e-3, "{image}: logits differ from transformers by {d}");
         let sum: f32 = probs.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "probs sum to {sum}");
-        let best = (0..n_classes).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+        let best = (0..n_classes)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap();
         assert_eq!(r["pred"], json["classes"][best]);
     }
 }
 
 #[test]
 fn hf_folder_logits_match_transformers() {
-    check_logits("tiny_hf", &[]);
+    check_logits("tiny_hf", "logits_per_image", &[]);
 }
 
 #[test]
 fn openai_safetensors_logits_match_transformers() {
     let tok = tokenizer();
-    check_logits("tiny_openai.safetensors", &["--tokenizer", &tok]);
+    check_logits(
+        "tiny_openai.safetensors",
+        "logits_per_image_openai_preprocess",
+        &["--tokenizer", &tok],
+    );
 }
 
 #[test]
 fn openai_pt_logits_match_transformers() {
     let tok = tokenizer();
-    check_logits("tiny_openai.pt", &["--tokenizer", &tok]);
+    check_logits(
+        "tiny_openai.pt",
+        "logits_per_image_openai_preprocess",
+        &["--tokenizer", &tok],
+    );
 }
 
 #[test]
 fn folders_are_read_in_sorted_order_and_table_is_printed() {
     let clip = clip_fixture("tiny_hf").display().to_string();
     // The folder holds corrupt files too: they must stop the run, naming the file.
-    let out = mmrl(&["zeroshot", "--clip", &clip, "--classes", "cat,dog", "--images", &image_dir()]);
+    let out = mmrl(&[
+        "zeroshot",
+        "--clip",
+        &clip,
+        "--classes",
+        "cat,dog",
+        "--images",
+        &image_dir(),
+    ]);
     assert_clean_failure(&out, &["corrupt.jpg"]);
     // A folder of good images: sorted, as a table.
     let dir = tempdir("sorted");
     for name in ["small.png", "gray.png", "rgba.png"] {
         std::fs::copy(clip_fixture(&format!("images/{name}")), dir.join(name)).unwrap();
     }
-    let out = mmrl(&["zeroshot", "--clip", &clip, "--classes", "cat,dog", "--images", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mmrl(&[
+        "zeroshot",
+        "--clip",
+        &clip,
+        "--classes",
+        "cat,dog",
+        "--images",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let pos = |n: &str| stdout.find(n).unwrap_or_else(|| panic!("{n} missing: {stdout}"));
+    let pos = |n: &str| {
+        stdout
+            .find(n)
+            .unwrap_or_else(|| panic!("{n} missing: {stdout}"))
+    };
     assert!(pos("gray.png") < pos("rgba.png") && pos("rgba.png") < pos("small.png"));
 }
 
@@ -150,7 +203,11 @@ fn rewritten(name: &str, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>))
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(k, s, d)| {
-            (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
         })
         .collect();
     let file = tempdir(name).join(format!("{name}.safetensors"));
@@ -161,7 +218,10 @@ fn rewritten(name: &str, edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<u8>)>))
 #[test]
 fn wrong_shaped_tensor_is_named_with_both_shapes() {
     let file = rewritten("wrongshape", |t| {
-        let e = t.iter_mut().find(|(k, _, _)| k == "visual.ln_post.weight").unwrap();
+        let e = t
+            .iter_mut()
+            .find(|(k, _, _)| k == "visual.ln_post.weight")
+            .unwrap();
         e.1 = vec![32];
         e.2.truncate(32 * 4);
     });
@@ -172,11 +232,15 @@ fn wrong_shaped_tensor_is_named_with_both_shapes() {
 
 #[test]
 fn missing_and_unexpected_tensors_are_named() {
-    let missing = rewritten("missing", |t| t.retain(|(k, _, _)| k != "visual.ln_post.bias"));
+    let missing = rewritten("missing", |t| {
+        t.retain(|(k, _, _)| k != "visual.ln_post.bias")
+    });
     let img = valid_images()[0].clone();
     let out = zeroshot_with(missing.to_str().unwrap(), &[&img], "cat,dog");
     assert_clean_failure(&out, &["visual.ln_post.bias", "missing"]);
-    let extra = rewritten("extra", |t| t.push(("visual.extra_head.weight".into(), vec![2], vec![0; 8])));
+    let extra = rewritten("extra", |t| {
+        t.push(("visual.extra_head.weight".into(), vec![2], vec![0; 8]))
+    });
     let out = zeroshot_with(extra.to_str().unwrap(), &[&img], "cat,dog");
     assert_clean_failure(&out, &["visual.extra_head.weight", "unexpected"]);
 }
@@ -185,7 +249,11 @@ fn missing_and_unexpected_tensors_are_named() {
 fn unknown_key_layout_is_explained() {
     let file = rewritten("layout", |t| {
         for e in t.iter_mut() {
-            e.0 = format!("backbone.{}", e.0.replace("visual.", "vis.").replace("transformer.", "blocks."));
+            e.0 = format!(
+                "backbone.{}",
+                e.0.replace("visual.", "vis.")
+                    .replace("transformer.", "blocks.")
+            );
         }
     });
     let img = valid_images()[0].clone();
@@ -197,25 +265,52 @@ fn unknown_key_layout_is_explained() {
 fn bad_images_and_class_lists_are_refused() {
     let clip = clip_fixture("tiny_hf").display().to_string();
     let corrupt = clip_fixture("images/corrupt.jpg").display().to_string();
-    assert_clean_failure(&zeroshot_with(&clip, &[&corrupt], "cat,dog"), &["corrupt.jpg"]);
-    let text = clip_fixture("images/not_an_image.png").display().to_string();
-    assert_clean_failure(&zeroshot_with(&clip, &[&text], "cat,dog"), &["not_an_image.png"]);
-    assert_clean_failure(&zeroshot_with(&clip, &["/nope/missing.jpg"], "cat,dog"), &["/nope/missing.jpg"]);
+    assert_clean_failure(
+        &zeroshot_with(&clip, &[&corrupt], "cat,dog"),
+        &["corrupt.jpg"],
+    );
+    let text = clip_fixture("images/not_an_image.png")
+        .display()
+        .to_string();
+    assert_clean_failure(
+        &zeroshot_with(&clip, &[&text], "cat,dog"),
+        &["not_an_image.png"],
+    );
+    assert_clean_failure(
+        &zeroshot_with(&clip, &["/nope/missing.jpg"], "cat,dog"),
+        &["/nope/missing.jpg"],
+    );
     let img = valid_images()[0].clone();
     assert_clean_failure(&zeroshot_with(&clip, &[&img], ""), &["class list is empty"]);
     let empty = tempdir("classes").join("classes.txt");
     std::fs::write(&empty, "\n\n").unwrap();
-    let out = mmrl(&["zeroshot", "--clip", &clip, "--classes-file", empty.to_str().unwrap(), "--images", &img]);
+    let out = mmrl(&[
+        "zeroshot",
+        "--clip",
+        &clip,
+        "--classes-file",
+        empty.to_str().unwrap(),
+        "--images",
+        &img,
+    ]);
     assert_clean_failure(&out, &["class list is empty"]);
-    assert_clean_failure(&zeroshot_with(&clip, &[&img], "cat,cat"), &["`cat` appears twice"]);
+    assert_clean_failure(
+        &zeroshot_with(&clip, &[&img], "cat,cat"),
+        &["`cat` appears twice"],
+    );
 }
 
 #[test]
 fn wrong_tokenizer_for_the_weights_is_refused() {
     // The bundled 49 408-token vocabulary does not fit the tiny model's 2 514 embeddings.
-    let clip = clip_fixture("tiny_openai.safetensors").display().to_string();
+    let clip = clip_fixture("tiny_openai.safetensors")
+        .display()
+        .to_string();
     let img = valid_images()[0].clone();
-    assert_clean_failure(&zeroshot_with(&clip, &[&img], "cat,dog"), &["--tokenizer", "2514"]);
+    assert_clean_failure(
+        &zeroshot_with(&clip, &[&img], "cat,dog"),
+        &["--tokenizer", "2514"],
+    );
 }
 
 #[test]
@@ -223,10 +318,22 @@ fn backends_missing_from_the_build_are_named() {
     let clip = clip_fixture("tiny_hf").display().to_string();
     let img = valid_images()[0].clone();
     for device in ["wgpu", "cuda"] {
-        if (device == "wgpu" && cfg!(feature = "wgpu")) || (device == "cuda" && cfg!(feature = "cuda")) {
+        if (device == "wgpu" && cfg!(feature = "wgpu"))
+            || (device == "cuda" && cfg!(feature = "cuda"))
+        {
             continue;
         }
-        let out = mmrl(&["zeroshot", "--clip", &clip, "--classes", "cat", "--device", device, "--images", &img]);
+        let out = mmrl(&[
+            "zeroshot",
+            "--clip",
+            &clip,
+            "--classes",
+            "cat",
+            "--device",
+            device,
+            "--images",
+            &img,
+        ]);
         assert_clean_failure(&out, &[device, "--features"]);
     }
 }

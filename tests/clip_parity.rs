@@ -55,15 +55,24 @@ fn embeddings(clip: &LoadedClip<B>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 fn assert_matches_transformers(rel: &str, suffix: &str, tol_embed: f32, tol_logits: f32) {
     let clip = load(rel);
     let (text, image, logits) = embeddings(&clip);
-    let d_text = max_abs_diff(&text, &tensor("expected.safetensors", &format!("text_embeds{suffix}")).0);
-    let d_image = max_abs_diff(&image, &tensor("expected.safetensors", &format!("image_embeds{suffix}")).0);
+    let d_text = max_abs_diff(
+        &text,
+        &tensor("expected.safetensors", &format!("text_embeds{suffix}")).0,
+    );
+    let d_image = max_abs_diff(
+        &image,
+        &tensor("expected.safetensors", &format!("image_embeds{suffix}")).0,
+    );
     let d_logits = max_abs_diff(
         &logits,
         &tensor("expected.safetensors", &format!("logits_per_image{suffix}")).0,
     );
     eprintln!("{rel}: max abs diff text {d_text:e}, image {d_image:e}, logits {d_logits:e}");
     assert!(d_text <= tol_embed, "{rel}: text embeds differ by {d_text}");
-    assert!(d_image <= tol_embed, "{rel}: image embeds differ by {d_image}");
+    assert!(
+        d_image <= tol_embed,
+        "{rel}: image embeds differ by {d_image}"
+    );
     assert!(d_logits <= tol_logits, "{rel}: logits differ by {d_logits}");
 }
 
@@ -81,10 +90,19 @@ fn openai_safetensors_matches_transformers() {
     assert_eq!(clip.layout, Layout::OpenAi);
     // Architecture inferred from shapes alone equals the published config.json.
     let hf = load("tiny_hf");
-    assert_eq!(clip.config.text_config.hidden_size, hf.config.text_config.hidden_size);
+    assert_eq!(
+        clip.config.text_config.hidden_size,
+        hf.config.text_config.hidden_size
+    );
     assert_eq!(clip.config.vision_config, hf.config.vision_config);
-    assert_eq!(clip.config.text_config.vocab_size, hf.config.text_config.vocab_size);
-    assert_eq!(clip.config.text_config.num_hidden_layers, hf.config.text_config.num_hidden_layers);
+    assert_eq!(
+        clip.config.text_config.vocab_size,
+        hf.config.text_config.vocab_size
+    );
+    assert_eq!(
+        clip.config.text_config.num_hidden_layers,
+        hf.config.text_config.num_hidden_layers
+    );
     assert_eq!(clip.config.projection_dim, hf.config.projection_dim);
     assert_matches_transformers("tiny_openai.safetensors", "", 1e-4, 1e-3);
 }
@@ -120,15 +138,20 @@ fn tokenizer_ids_match_the_fixture_prompts() {
             .iter()
             .map(|&v| v as f32)
             .collect();
-        assert_eq!(ours, ids[row * 77..row * 77 + e as usize + 1].to_vec(), "row {row}");
+        assert_eq!(
+            ours,
+            ids[row * 77..row * 77 + e as usize + 1].to_vec(),
+            "row {row}"
+        );
     }
 }
 
 #[test]
 fn torchscript_archive_is_refused_with_conversion_hint() {
-    let err = load_clip::<B>(&clip_fixture("tiny_openai_torchscript.pt"), &Default::default())
-        .err()
-        .expect("TorchScript is not a state dict");
+    let path = clip_fixture("tiny_openai_torchscript.pt");
+    let Err(err) = load_clip::<B>(&path, &Default::default()) else {
+        panic!("TorchScript is not a state dict");
+    };
     let msg = err.to_string();
     assert!(msg.contains("TorchScript"), "{msg}");
     assert!(msg.contains("save_file"), "{msg}");

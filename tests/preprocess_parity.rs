@@ -4,9 +4,18 @@
 mod common;
 
 use common::*;
-use mmrl::data::preprocess::{load_rgb8, normalize_chw, resize_and_crop, PreprocessConfig};
+use mmrl::data::preprocess::{
+    load_rgb8, normalize_chw, resize_and_crop, CropRounding, PreprocessConfig,
+};
 
-const IMAGES: &[&str] = &["gray.png", "rgb.jpg", "rgb16.png", "rgba.png", "small.png", "wide.jpg"];
+const IMAGES: &[&str] = &[
+    "gray.png",
+    "rgb.jpg",
+    "rgb16.png",
+    "rgba.png",
+    "small.png",
+    "wide.jpg",
+];
 
 fn stem(name: &str) -> &str {
     name.split('.').next().unwrap()
@@ -14,7 +23,10 @@ fn stem(name: &str) -> &str {
 
 #[test]
 fn resize_and_crop_224_matches_pillow_bicubic() {
-    let config = PreprocessConfig::for_image_size(224);
+    let config = PreprocessConfig {
+        crop_rounding: CropRounding::Floor,
+        ..PreprocessConfig::for_image_size(224)
+    };
     let mut failures = Vec::new();
     for name in IMAGES {
         let img = load_rgb8(&clip_fixture(&format!("images/{name}"))).unwrap();
@@ -27,7 +39,10 @@ fn resize_and_crop_224_matches_pillow_bicubic() {
         assert_eq!(shape, vec![224, 224, 3]);
         let max = max_abs_diff(&ours, &theirs);
         let off = ours.iter().zip(&theirs).filter(|(a, b)| a != b).count();
-        eprintln!("{name}: max uint8 diff {max}, {off} of {} values differ", ours.len());
+        eprintln!(
+            "{name}: max uint8 diff {max}, {off} of {} values differ",
+            ours.len()
+        );
         // Same decoder (libjpeg-turbo), bicubic kernel, pass order and
         // rounding as Pillow; Pillow's 22-bit fixed-point coefficients still
         // flip a few near-ties by one level (seen: at most 30 of 150 528).
@@ -39,18 +54,29 @@ fn resize_and_crop_224_matches_pillow_bicubic() {
 }
 
 #[test]
-fn pixel_values_match_transformers() {
-    let config = PreprocessConfig::for_image_size(32);
+fn pixel_values_match_transformers_and_open_clip() {
+    let hf = PreprocessConfig {
+        crop_rounding: CropRounding::Floor,
+        ..PreprocessConfig::for_image_size(32)
+    };
+    check_pixel_values(&hf, "pixel_values32");
+    // OpenAI / open_clip / Dassl: torchvision's CenterCrop rounds half to even,
+    // which moves gray.png's crop by a row at 32 px.
+    check_pixel_values(
+        &PreprocessConfig::for_image_size(32),
+        "pixel_values32_openai",
+    );
+}
+
+fn check_pixel_values(config: &PreprocessConfig, key: &str) {
+    let config = config.clone();
     for name in IMAGES {
         let img = load_rgb8(&clip_fixture(&format!("images/{name}"))).unwrap();
         let ours = normalize_chw(&resize_and_crop(&img, &config), &config);
-        let (theirs, _) = tensor(
-            "preprocess.safetensors",
-            &format!("{}.pixel_values32", stem(name)),
-        );
+        let (theirs, _) = tensor("preprocess.safetensors", &format!("{}.{key}", stem(name)));
         // One uint8 level is 1/255/std ≈ 0.015 after normalisation.
         let max = max_abs_diff(&ours, &theirs);
-        eprintln!("{name}: max normalised diff {max}");
+        eprintln!("{name} {key}: max normalised diff {max}");
         assert!(max <= 0.0151, "{name}: pixel values differ by {max}");
     }
 }

@@ -8,14 +8,19 @@ use common::*;
 use mmrl::data::ClipTokenizer;
 
 fn cases() -> Vec<serde_json::Value> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(clip_fixture("tokenizer_cases.json")).unwrap())
-            .unwrap();
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(clip_fixture("tokenizer_cases.json")).unwrap(),
+    )
+    .unwrap();
     v["cases"].as_array().unwrap().clone()
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn check(tok: &ClipTokenizer, field: &str) {
@@ -30,7 +35,12 @@ fn check(tok: &ClipTokenizer, field: &str) {
             failures.push(format!("{text:?}: ours {ours:?} vs {expected:?}"));
         }
     }
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

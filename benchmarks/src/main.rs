@@ -1,1 +1,158 @@
-fn main(){}
+//! `mmrl-bench`: ViT-B/16 CLIP tower throughput with random weights.
+//!
+//! ```text
+//! mmrl-bench --backend ndarray|flex|wgpu|cuda [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
+//! ```
+//! Prints one JSON object per measurement with the same fields as
+//! `benchmarks/scripts/bench_pytorch.py`, so the two sit side by side in
+//! `benchmarks/RESULTS.md`. Every timed call reads its result back to the
+//! host, which synchronises asynchronous (GPU) backends.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use mmrl_data::ClipTokenizer;
+use mmrl_model::clip::{Clip, ClipConfig};
+
+/// CIFAR-100 class names: realistic prompt lengths.
+const CLASSES: &str = "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm";
+
+struct Args {
+    backend: String,
+    what: String,
+    iters: usize,
+    batch: usize,
+    prompts: usize,
+    preset: String,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        backend: "ndarray".into(),
+        what: "all".into(),
+        iters: 5,
+        batch: 8,
+        prompts: 100,
+        preset: "ViT-B/16".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--backend" => a.backend = val()?,
+            "--what" => a.what = val()?,
+            "--iters" => a.iters = val()?.parse().map_err(|e| format!("--iters: {e}"))?,
+            "--batch" => a.batch = val()?.parse().map_err(|e| format!("--batch: {e}"))?,
+            "--prompts" => a.prompts = val()?.parse().map_err(|e| format!("--prompts: {e}"))?,
+            "--preset" => a.preset = val()?,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn median_min(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0])
+}
+
+fn time<F: FnMut()>(iters: usize, mut f: F) -> (f64, f64) {
+    f(); // warm-up (kernel compilation, allocator, autotune)
+    f();
+    let runs: Vec<f64> = (0..iters)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median_min(runs)
+}
+
+fn run<B: Backend>(args: &Args, device: B::Device) -> Result<(), String> {
+    let config =
+        ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
+    B::seed(&device, 0);
+    let clip: Clip<B> = config.init(&device);
+    let size = config.vision_config.image_size;
+    let common = serde_json::json!({
+        "framework": "burn",
+        "backend": args.backend,
+        "model": args.preset,
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    });
+    if args.what == "image" || args.what == "all" {
+        let images = Tensor::<B, 4>::random(
+            [args.batch, 3, size, size],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let (median, min) = time(args.iters, || {
+            let f = clip.encode_image(images.clone());
+            let _ = f.into_data();
+        });
+        let mut out = common.clone();
+        out["what"] = "image".into();
+        out["batch"] = args.batch.into();
+        out["image_batch_s"] = median.into();
+        out["image_batch_min_s"] = min.into();
+        out["images_per_s"] = (args.batch as f64 / median).into();
+        println!("{out}");
+    }
+    if args.what == "text" || args.what == "all" {
+        let tokenizer = ClipTokenizer::bundled();
+        let names: Vec<&str> = CLASSES.split(' ').collect();
+        let prompts: Vec<String> = (0..args.prompts)
+            .map(|i| format!("a photo of a {}.", names[i % names.len()].replace('_', " ")))
+            .collect();
+        let batch = tokenizer
+            .encode_batch(&prompts)
+            .map_err(|e| e.to_string())?;
+        let ids = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(batch.ids.clone(), [batch.ids.len()]),
+            &device,
+        )
+        .reshape([batch.rows, batch.context]);
+        let eot = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(batch.eot.clone(), [batch.rows]),
+            &device,
+        );
+        let (median, min) = time(args.iters, || {
+            let f = clip.encode_text(ids.clone(), eot.clone());
+            let _ = f.into_data();
+        });
+        let mut out = common;
+        out["what"] = "text".into();
+        out["prompts"] = args.prompts.into();
+        out["text_s"] = median.into();
+        out["text_min_s"] = min.into();
+        out["prompts_per_s"] = (args.prompts as f64 / median).into();
+        println!("{out}");
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = match args.backend.as_str() {
+        "ndarray" => run::<burn::backend::NdArray<f32>>(&args, Default::default()),
+        "flex" => run::<burn::backend::Flex>(&args, Default::default()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => run::<burn::backend::Wgpu>(&args, Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<burn::backend::Cuda>(&args, Default::default()),
+        other => Err(format!(
+            "backend {other} is not built in (features: wgpu, cuda)"
+        )),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+}

@@ -12,10 +12,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+// The digits as OpenAI publishes them (`clip/clip.py`), beyond f32 precision.
+#[allow(clippy::excessive_precision)]
 /// CLIP's normalisation mean (OpenAI `clip/clip.py`).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 /// CLIP's normalisation std (OpenAI `clip/clip.py`).
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// How the center crop's offset `(side - crop) / 2` is rounded when odd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CropRounding {
+    /// Python's `round` (half to even): torchvision's `CenterCrop`, used by
+    /// OpenAI's `clip.load`, open_clip and Dassl/CoOp/MMRL.
+    #[default]
+    HalfEven,
+    /// Floor: Hugging Face transformers' `CLIPImageProcessor`.
+    Floor,
+}
+
+impl CropRounding {
+    /// The crop offset for an image side of `side` pixels.
+    pub fn offset(self, side: usize, crop: usize) -> usize {
+        let excess = side.saturating_sub(crop);
+        match self {
+            CropRounding::Floor => excess / 2,
+            CropRounding::HalfEven => (excess as f64 / 2.0).round_ties_even() as usize,
+        }
+    }
+}
 
 /// What the model expects of its input images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +54,9 @@ pub struct PreprocessConfig {
     pub mean: [f32; 3],
     /// Per-channel std divided by after subtracting the mean.
     pub std: [f32; 3],
+    /// Rounding of the center-crop offset. Default: half to even (OpenAI).
+    #[serde(default)]
+    pub crop_rounding: CropRounding,
 }
 
 impl Default for PreprocessConfig {
@@ -37,19 +66,21 @@ impl Default for PreprocessConfig {
 }
 
 impl PreprocessConfig {
-    /// CLIP's preprocessing for a model with input resolution `size`.
+    /// CLIP's preprocessing for a model with input resolution `size`, as
+    /// OpenAI's `clip.load` (and Dassl) does it.
     pub fn for_image_size(size: usize) -> Self {
         Self {
             shortest_edge: size,
             crop_size: size,
             mean: CLIP_MEAN,
             std: CLIP_STD,
+            crop_rounding: CropRounding::HalfEven,
         }
     }
 
     /// Reads a Hugging Face `preprocessor_config.json` (`size.shortest_edge`,
     /// `crop_size`, `image_mean`, `image_std`); missing fields keep CLIP's values
-    /// for `default_size`.
+    /// for `default_size`. The crop offset is floored, as transformers does.
     pub fn from_hf_json(path: &Path, default_size: usize) -> Result<Self> {
         let bad = |msg: String| Error::Config {
             path: path.into(),
@@ -62,11 +93,14 @@ impl PreprocessConfig {
         let v: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let mut config = Self::for_image_size(default_size);
+        config.crop_rounding = CropRounding::Floor;
         let side = |v: &serde_json::Value, keys: &[&str]| -> Option<usize> {
             if let Some(n) = v.as_u64() {
                 return Some(n as usize);
             }
-            keys.iter().find_map(|k| v.get(k)?.as_u64()).map(|n| n as usize)
+            keys.iter()
+                .find_map(|k| v.get(k)?.as_u64())
+                .map(|n| n as usize)
         };
         if let Some(size) = v.get("size") {
             config.shortest_edge = side(size, &["shortest_edge", "height"])
@@ -76,11 +110,19 @@ impl PreprocessConfig {
             config.crop_size = side(crop, &["height"])
                 .ok_or_else(|| bad(format!("unsupported `crop_size` {crop}")))?;
         }
-        for (key, dst) in [("image_mean", &mut config.mean), ("image_std", &mut config.std)] {
+        for (key, dst) in [
+            ("image_mean", &mut config.mean),
+            ("image_std", &mut config.std),
+        ] {
             if let Some(arr) = v.get(key) {
                 let vals: Vec<f32> = arr
                     .as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| x as f32)
+                            .collect()
+                    })
                     .unwrap_or_default();
                 *dst = vals
                     .try_into()
@@ -229,7 +271,7 @@ pub fn resized_size(width: usize, height: usize, shortest_edge: usize) -> (usize
 }
 
 /// Shorter side to `shortest_edge` (Pillow bicubic with antialiasing), then
-/// the center `crop_size` square (offsets rounded down, as transformers does).
+/// the center `crop_size` square (offsets rounded as `config.crop_rounding`).
 pub fn resize_and_crop(img: &RgbImage, config: &PreprocessConfig) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (rw, rh) = resized_size(w, h, config.shortest_edge);
@@ -239,8 +281,8 @@ pub fn resize_and_crop(img: &RgbImage, config: &PreprocessConfig) -> RgbImage {
         resize_bicubic(img, rw, rh)
     };
     let crop = config.crop_size;
-    let top = rh.saturating_sub(crop) / 2;
-    let left = rw.saturating_sub(crop) / 2;
+    let top = config.crop_rounding.offset(rh, crop);
+    let left = config.crop_rounding.offset(rw, crop);
     // A crop larger than the image pads with black, as transformers does.
     RgbImage::from_fn(crop as u32, crop as u32, |x, y| {
         let (sx, sy) = (left + x as usize, top + y as usize);
@@ -274,10 +316,7 @@ fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
     let mut resizer = Resizer::new();
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
     let mut pass = |buf: Vec<u8>, from: (u32, u32), to: (u32, u32)| -> Vec<u8> {
-        let floats: Vec<u8> = buf
-            .iter()
-            .flat_map(|&v| (v as f32).to_ne_bytes())
-            .collect();
+        let floats: Vec<u8> = buf.iter().flat_map(|&v| (v as f32).to_ne_bytes()).collect();
         let src = Image::from_vec_u8(from.0, from.1, floats, PixelType::F32x3)
             .expect("buffer length matches the image size");
         let mut dst = Image::new(to.0, to.1, PixelType::F32x3);
@@ -329,6 +368,16 @@ mod tests {
         assert_eq!(resized_size(640, 480, 224), (298, 224));
         assert_eq!(resized_size(50, 80, 224), (224, 358));
         assert_eq!(resized_size(224, 224, 224), (224, 224));
+    }
+
+    #[test]
+    fn crop_offsets_round_like_torchvision_or_transformers() {
+        // (227 - 224) / 2 = 1.5: torchvision rounds to 2, transformers floors to 1.
+        assert_eq!(CropRounding::HalfEven.offset(227, 224), 2);
+        assert_eq!(CropRounding::Floor.offset(227, 224), 1);
+        // 0.5 rounds to the even 0 in Python.
+        assert_eq!(CropRounding::HalfEven.offset(225, 224), 0);
+        assert_eq!(CropRounding::HalfEven.offset(229, 224), 2);
     }
 
     #[test]

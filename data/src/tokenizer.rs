@@ -50,8 +50,11 @@ impl ClipTokenizer {
     /// The bundled OpenAI vocabulary (49 408 tokens).
     pub fn bundled() -> Self {
         // The bundled file is known good: this is tested, so it cannot fail.
-        Self::from_bpe_gz_bytes(BUNDLED_BPE_GZ, Path::new("<bundled bpe_simple_vocab_16e6.txt.gz>"))
-            .expect("bundled CLIP vocabulary is valid")
+        Self::from_bpe_gz_bytes(
+            BUNDLED_BPE_GZ,
+            Path::new("<bundled bpe_simple_vocab_16e6.txt.gz>"),
+        )
+        .expect("bundled CLIP vocabulary is valid")
     }
 
     /// From a Hugging Face `tokenizer.json` (e.g. the one in `openai/clip-vit-base-patch16`).
@@ -112,7 +115,10 @@ impl ClipTokenizer {
         let merges: Vec<(&str, &str)> = lines[1..=n_merges]
             .iter()
             .filter(|l| !l.is_empty())
-            .map(|l| l.split_once(' ').ok_or_else(|| bad(format!("bad merge line {l:?}"))))
+            .map(|l| {
+                l.split_once(' ')
+                    .ok_or_else(|| bad(format!("bad merge line {l:?}")))
+            })
             .collect::<Result<_>>()?;
         if merges.is_empty() {
             return Err(bad("no merges found".into()));

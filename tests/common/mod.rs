@@ -17,7 +17,9 @@ pub fn clip_fixture(rel: &str) -> PathBuf {
 pub fn tensor(file: &str, key: &str) -> (Vec<f32>, Vec<usize>) {
     let bytes = std::fs::read(clip_fixture(file)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let view = st.tensor(key).unwrap_or_else(|_| panic!("{file} has no {key}"));
+    let view = st
+        .tensor(key)
+        .unwrap_or_else(|_| panic!("{file} has no {key}"));
     let shape = view.shape().to_vec();
     let data = view.data();
     let values = match view.dtype() {
@@ -38,7 +40,10 @@ pub fn tensor(file: &str, key: &str) -> (Vec<f32>, Vec<usize>) {
 /// Largest absolute difference.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "lengths differ");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// The fixture's JSON description of the expected outputs.
@@ -57,7 +62,11 @@ pub fn mmrl(args: &[&str]) -> Output {
 /// Asserts a failed run: exit code 2, no panic, stderr mentioning every `needle`.
 pub fn assert_clean_failure(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2, stderr: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     for n in needles {
         assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");

@@ -767,6 +767,7 @@ def main() -> None:
 
     pre = {}
     pixel_values = []
+    pixel_values_openai = []  # open_clip / OpenAI preprocessing (torchvision CenterCrop rounds half to even)
     cross_check = {}
     for fname in VALID_IMAGES:
         stem = fname.rsplit(".", 1)[0]
@@ -784,6 +785,8 @@ def main() -> None:
         # cross-checks, recorded in the manifest (not asserted)
         tv = np.asarray(proc_tv32(images=rgb, return_tensors="np")["pixel_values"][0], dtype=np.float32)
         ocv = oc_pre32(rgb).numpy()
+        pre[f"{stem}.pixel_values32_openai"] = torch.from_numpy(np.ascontiguousarray(ocv, dtype=np.float32))
+        pixel_values_openai.append(np.asarray(ocv, dtype=np.float32))
         oc224 = (oc_pre224(rgb).numpy() * 255.0).round().transpose(1, 2, 0).astype(np.int32)
         cross_check[fname] = {
             "torchvision_backend_CLIPImageProcessor_pixel_values32_max_abs_diff": float(np.abs(tv - pv).max()),
@@ -835,6 +838,10 @@ def main() -> None:
     image_n = image_un / image_un.norm(dim=-1, keepdim=True)
     assert torch.allclose(text_n, out.text_embeds, atol=1e-6) and torch.allclose(image_n, out.image_embeds, atol=1e-6)
     logits = out.logits_per_image
+    # The same model on open_clip's (OpenAI's) preprocessing of the same images.
+    pixels_openai = torch.from_numpy(np.stack(pixel_values_openai))
+    with torch.inference_mode():
+        logits_openai = model(input_ids=input_ids, pixel_values=pixels_openai).logits_per_image
     scale = float(model.logit_scale.exp())
     assert torch.allclose(logits, scale * image_n @ text_n.T, atol=1e-5)
     # non-degenerate outputs
@@ -908,6 +915,8 @@ def main() -> None:
         "text_embeds_f16w": out16.text_embeds.contiguous(),
         "image_embeds_f16w": out16.image_embeds.contiguous(),
         "pixel_values": pixels.contiguous(),
+        "pixel_values_openai": pixels_openai.contiguous(),
+        "logits_per_image_openai_preprocess": logits_openai.contiguous(),
         "logit_scale": model.logit_scale.detach().reshape(()).clone(),
     }
     expected = {k: v.detach().clone() for k, v in expected.items()}

@@ -10,7 +10,9 @@ pub enum Error {
     Data(#[from] mmrl_data::Error),
     #[error(transparent)]
     Model(#[from] mmrl_model::Error),
-    #[error("the class list is empty: give at least one class (--classes a,b,c or --classes-file)")]
+    #[error(
+        "the class list is empty: give at least one class (--classes a,b,c or --classes-file)"
+    )]
     NoClasses,
     #[error("class {0} of the list is empty")]
     EmptyClassName(usize),

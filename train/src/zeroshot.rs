@@ -108,7 +108,10 @@ mod tests {
 
     #[test]
     fn prompts_replace_underscores() {
-        assert_eq!(prompt("a photo of a {}.", "red_car"), "a photo of a red car.");
+        assert_eq!(
+            prompt("a photo of a {}.", "red_car"),
+            "a photo of a red car."
+        );
     }
 
     #[test]

@@ -213,26 +213,28 @@ impl ClipConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
         let t = &self.text_config;
         let v = &self.vision_config;
-        if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             return Err(format!(
                 "text hidden_size {} is not divisible by num_attention_heads {}",
                 t.hidden_size, t.num_attention_heads
             ));
         }
-        if v.num_attention_heads == 0 || v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(format!(
                 "vision hidden_size {} is not divisible by num_attention_heads {}",
                 v.hidden_size, v.num_attention_heads
             ));
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "vision image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
             ));
         }
         if self.projection_dim == 0 || t.vocab_size == 0 || t.max_position_embeddings == 0 {
-            return Err("projection_dim, vocab_size and max_position_embeddings must be > 0".into());
+            return Err(
+                "projection_dim, vocab_size and max_position_embeddings must be > 0".into(),
+            );
         }
         Ok(())
     }
@@ -246,7 +248,13 @@ mod tests {
     fn presets_have_the_published_sizes() {
         let b16 = ClipConfig::preset("ViT-B/16").unwrap();
         assert_eq!(b16.vision_config.num_positions(), 197);
-        assert_eq!(ClipConfig::preset("vit-b-32").unwrap().vision_config.num_positions(), 50);
+        assert_eq!(
+            ClipConfig::preset("vit-b-32")
+                .unwrap()
+                .vision_config
+                .num_positions(),
+            50
+        );
         let l336 = ClipConfig::preset("ViT-L/14@336px").unwrap();
         assert_eq!(l336.vision_config.num_positions(), 577);
         assert_eq!(l336.projection_dim, 768);

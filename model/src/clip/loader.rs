@@ -148,7 +148,9 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
     let is_legacy_pickle = n >= 2 && magic[0] == 0x80;
     let tensors: BTreeMap<String, TensorSnapshot> = if is_zip || is_legacy_pickle {
         if is_zip && is_torchscript(path) {
-            return Err(bad(TORCHSCRIPT_HINT.replace("{file}", &path.display().to_string())));
+            return Err(bad(
+                TORCHSCRIPT_HINT.replace("{file}", &path.display().to_string())
+            ));
         }
         let reader = PytorchReader::new(path)
             .map_err(|e| bad(format!("not a readable PyTorch state dict ({e})")))?;
@@ -432,7 +434,12 @@ pub fn openai_source(param: &str) -> Option<Source> {
         };
         Some(src(format!("{block}{name}.{leaf}"), op))
     };
-    let norm = |name: &str| Some(src(format!("{block}{name}.{}", norm_name(leaf)?), Op::Identity));
+    let norm = |name: &str| {
+        Some(src(
+            format!("{block}{name}.{}", norm_name(leaf)?),
+            Op::Identity,
+        ))
+    };
     match module {
         "self_attn.q_proj" => third(0),
         "self_attn.k_proj" => third(1),
@@ -633,7 +640,10 @@ mod tests {
         );
         assert_eq!(
             hf_source("text_model.encoder.layers.0.mlp.fc1.weight"),
-            Some(src("text_model.encoder.layers.0.mlp.fc1.weight", Op::Transpose))
+            Some(src(
+                "text_model.encoder.layers.0.mlp.fc1.weight",
+                Op::Transpose
+            ))
         );
         assert_eq!(
             hf_source("vision_model.pre_layrnorm.gamma"),
@@ -641,7 +651,10 @@ mod tests {
         );
         assert_eq!(
             hf_source("vision_model.embeddings.patch_embedding.weight"),
-            Some(src("vision_model.embeddings.patch_embedding.weight", Op::Identity))
+            Some(src(
+                "vision_model.embeddings.patch_embedding.weight",
+                Op::Identity
+            ))
         );
     }
 

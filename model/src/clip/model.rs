@@ -76,7 +76,11 @@ impl<B: Backend> Clip<B> {
     /// - `image_features`: `[batch, projection_dim]`
     /// - `text_features`: `[classes, projection_dim]`
     /// - output: `[batch, classes]`
-    pub fn logits(&self, image_features: Tensor<B, 2>, text_features: Tensor<B, 2>) -> Tensor<B, 2> {
+    pub fn logits(
+        &self,
+        image_features: Tensor<B, 2>,
+        text_features: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
         let sim = l2_normalize(image_features).matmul(l2_normalize(text_features).transpose());
         sim * self.scale().unsqueeze_dim(0)
     }

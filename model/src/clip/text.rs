@@ -66,7 +66,12 @@ impl<B: Backend> ClipTextTransformer<B> {
     pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [_, seq] = tokens.dims();
         let x = self.embeddings.token_embedding.forward(tokens);
-        let pos = self.embeddings.position_embedding.weight.val().narrow(0, 0, seq);
+        let pos = self
+            .embeddings
+            .position_embedding
+            .weight
+            .val()
+            .narrow(0, 0, seq);
         x + pos.unsqueeze_dim(0)
     }
 
