@@ -7,7 +7,7 @@ use burn::prelude::*;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
-use mmrl_data::preprocess::{self, PreprocessConfig};
+use mmrl_data::preprocess::{self, CropRounding, PreprocessConfig};
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::loader::{load_clip, Layout, LoadedClip};
 use mmrl_train::zeroshot;
@@ -135,8 +135,9 @@ pub fn pick_tokenizer(
     }
 }
 
-/// Preprocessing for a loaded CLIP: the folder's `preprocessor_config.json`
-/// if it has one, else CLIP's for the model's input size.
+/// Preprocessing for a loaded CLIP, as its own ecosystem does it: a Hugging
+/// Face folder's `preprocessor_config.json` (or, for HF-named weights,
+/// transformers' defaults), else OpenAI's `clip.load` transform.
 pub fn preprocess_config<B: Backend>(
     clip_path: &Path,
     loaded: &LoadedClip<B>,
@@ -145,6 +146,11 @@ pub fn preprocess_config<B: Backend>(
     let file = clip_path.join("preprocessor_config.json");
     let config = if clip_path.is_dir() && file.is_file() {
         PreprocessConfig::from_hf_json(&file, size)?
+    } else if loaded.layout == Layout::HuggingFace {
+        PreprocessConfig {
+            crop_rounding: CropRounding::Floor,
+            ..PreprocessConfig::for_image_size(size)
+        }
     } else {
         PreprocessConfig::for_image_size(size)
     };
