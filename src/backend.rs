@@ -2,8 +2,12 @@
 
 use std::fmt;
 
-/// CPU backend (always built).
-pub type Cpu = burn::backend::NdArray<f32>;
+/// The default CPU backend: Burn's flex (the fastest CPU option measured,
+/// `benchmarks/RESULTS.md`). Always built.
+pub type Cpu = burn::backend::Flex;
+/// Burn's ndarray CPU backend; built with the `ndarray` feature (default).
+#[cfg(feature = "ndarray")]
+pub type NdArray = burn::backend::NdArray<f32>;
 /// Any GPU through wgpu (Vulkan, Metal, DX12); built with `--features wgpu`.
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu;
@@ -14,9 +18,11 @@ pub type Cuda = burn::backend::Cuda;
 /// `--device` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum DeviceKind {
-    /// CPU (ndarray).
+    /// CPU (Burn's flex backend).
     #[default]
     Cpu,
+    /// CPU through Burn's ndarray backend.
+    Ndarray,
     /// Any GPU through wgpu.
     Wgpu,
     /// NVIDIA GPU through CUDA.
@@ -27,6 +33,7 @@ impl fmt::Display for DeviceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             DeviceKind::Cpu => "cpu",
+            DeviceKind::Ndarray => "ndarray",
             DeviceKind::Wgpu => "wgpu",
             DeviceKind::Cuda => "cuda",
         })
@@ -42,6 +49,12 @@ macro_rules! with_backend {
         match $kind {
             DeviceKind::Cpu => {
                 type $b = $crate::backend::Cpu;
+                let $device = Default::default();
+                $body
+            }
+            #[cfg(feature = "ndarray")]
+            DeviceKind::Ndarray => {
+                type $b = $crate::backend::NdArray;
                 let $device = Default::default();
                 $body
             }

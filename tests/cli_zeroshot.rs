@@ -93,6 +93,12 @@ fn hf_folder_logits_match_transformers() {
     check_logits("tiny_hf", "logits_per_image", &[]);
 }
 
+#[cfg(feature = "ndarray")]
+#[test]
+fn ndarray_backend_logits_match_transformers() {
+    check_logits("tiny_hf", "logits_per_image", &["--device", "ndarray"]);
+}
+
 #[test]
 fn openai_safetensors_logits_match_transformers() {
     let tok = tokenizer();

@@ -24,6 +24,7 @@ struct Args {
     batch: usize,
     prompts: usize,
     preset: String,
+    full_context: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -34,6 +35,7 @@ fn parse() -> Result<Args, String> {
         batch: 8,
         prompts: 100,
         preset: "ViT-B/16".into(),
+        full_context: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +47,7 @@ fn parse() -> Result<Args, String> {
             "--batch" => a.batch = val()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--prompts" => a.prompts = val()?.parse().map_err(|e| format!("--prompts: {e}"))?,
             "--preset" => a.preset = val()?,
+            "--full-context" => a.full_context = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -99,6 +102,9 @@ fn run<B: Backend>(args: &Args, device: B::Device) -> Result<(), String> {
         out["images_per_s"] = (args.batch as f64 / median).into();
         println!("{out}");
     }
+    if args.what == "profile" {
+        profile(&clip, args.batch, &device);
+    }
     if args.what == "text" || args.what == "all" {
         let tokenizer = ClipTokenizer::bundled();
         let names: Vec<&str> = CLASSES.split(' ').collect();
@@ -124,12 +130,92 @@ fn run<B: Backend>(args: &Args, device: B::Device) -> Result<(), String> {
         let mut out = common;
         out["what"] = "text".into();
         out["prompts"] = args.prompts.into();
+        out["tokens_per_prompt"] = batch.context.into();
         out["text_s"] = median.into();
         out["text_min_s"] = min.into();
         out["prompts_per_s"] = (args.prompts as f64 / median).into();
         println!("{out}");
     }
     Ok(())
+}
+
+/// Where the image tower's time goes: each step of one block, timed alone on
+/// a `[batch, 197, 768]` input and multiplied by the depth.
+fn profile<B: Backend>(clip: &Clip<B>, batch: usize, device: &B::Device) {
+    use burn::tensor::activation::sigmoid;
+    use burn::tensor::module::attention;
+    use mmrl_model::clip::transformer::linear3;
+    let vision = &clip.vision_model;
+    let layer = &vision.encoder.layers[0];
+    let depth = vision.encoder.depth() as f64;
+    let [width] = layer.layer_norm1.gamma.dims();
+    let heads = layer.self_attn.heads;
+    let seq = vision.embeddings.position_embedding.weight.dims()[0];
+    let x = Tensor::<B, 3>::random(
+        [batch, seq, width],
+        burn::tensor::Distribution::Default,
+        device,
+    );
+    let split = |t: Tensor<B, 3>| {
+        t.reshape([batch, seq, heads, width / heads])
+            .swap_dims(1, 2)
+    };
+    let q = split(x.clone());
+    let h = linear3(&layer.mlp.fc1, x.clone());
+    let mut steps: Vec<(&str, f64)> = Vec::new();
+    let mut t = |name, f: &mut dyn FnMut()| steps.push((name, time(3, f).0 * depth));
+    t("layer_norm x2", &mut || {
+        let _ = layer.layer_norm1.forward(x.clone()).into_data();
+        let _ = layer.layer_norm2.forward(x.clone()).into_data();
+    });
+    t("q,k,v,out projections", &mut || {
+        for l in [
+            &layer.self_attn.q_proj,
+            &layer.self_attn.k_proj,
+            &layer.self_attn.v_proj,
+            &layer.self_attn.out_proj,
+        ] {
+            let _ = linear3(l, x.clone()).into_data();
+        }
+    });
+    t("attention core (softmax(qk^T)v)", &mut || {
+        let _ = attention(
+            q.clone(),
+            q.clone(),
+            q.clone(),
+            None,
+            None,
+            Default::default(),
+        )
+        .into_data();
+    });
+    t("attention core as matmul + softmax + matmul", &mut || {
+        let scores = q
+            .clone()
+            .matmul(q.clone().swap_dims(2, 3))
+            .mul_scalar(1.0 / ((width / heads) as f64).sqrt());
+        let p = burn::tensor::activation::softmax(scores, 3);
+        let _ = p.matmul(q.clone()).into_data();
+    });
+    t("sigmoid alone", &mut || {
+        let _ = sigmoid(h.clone()).into_data();
+    });
+    t("mlp fc1 + fc2", &mut || {
+        let h = linear3(&layer.mlp.fc1, x.clone());
+        let _ = linear3(&layer.mlp.fc2, h).into_data();
+    });
+    t("quick_gelu", &mut || {
+        let _ = (h.clone() * sigmoid(h.clone().mul_scalar(1.702))).into_data();
+    });
+    t("whole block", &mut || {
+        let _ = layer.forward(x.clone(), false).into_data();
+    });
+    for (name, s) in steps {
+        println!(
+            "{}",
+            serde_json::json!({"profile": name, "seconds_per_forward": s, "batch": batch})
+        );
+    }
 }
 
 fn main() {

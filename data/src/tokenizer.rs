@@ -37,6 +37,27 @@ pub struct TokenBatch {
     pub context: usize,
 }
 
+impl TokenBatch {
+    /// The batch cut after the longest row's end token. Under the text
+    /// tower's causal mask nothing after a row's end token reaches its
+    /// pooled feature, so this gives the same features with far fewer
+    /// tokens (CLIP prompts are typically 8 to 20 of the 77).
+    pub fn trimmed(&self) -> TokenBatch {
+        let keep = self.eot.iter().map(|&e| e as usize + 1).max().unwrap_or(1);
+        let ids = self
+            .ids
+            .chunks(self.context)
+            .flat_map(|row| row[..keep].iter().copied())
+            .collect();
+        TokenBatch {
+            ids,
+            eot: self.eot.clone(),
+            rows: self.rows,
+            context: keep,
+        }
+    }
+}
+
 /// CLIP's tokenizer.
 #[derive(Debug, Clone)]
 pub struct ClipTokenizer {
@@ -287,5 +308,11 @@ mod tests {
         let batch = tok.encode_batch(&[text.as_str(), "a"]).unwrap();
         assert_eq!(batch.eot, vec![76, 2]);
         assert_eq!(batch.ids[77 + 3], 0);
+        let short = tok.encode_batch(&["a photo", "a"]).unwrap().trimmed();
+        assert_eq!(short.context, 4);
+        assert_eq!(
+            short.ids,
+            vec![49406, 320, 1125, 49407, 49406, 320, 49407, 0]
+        );
     }
 }

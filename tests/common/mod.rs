@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-pub type B = burn::backend::NdArray<f32>;
+/// The default CPU backend (flex), as `mmrl --device cpu` runs.
+pub type B = mmrl::backend::Cpu;
 
 /// `tests/fixtures/clip/<rel>`.
 pub fn clip_fixture(rel: &str) -> PathBuf {

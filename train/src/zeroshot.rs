@@ -74,7 +74,7 @@ pub fn class_text_features<B: Backend>(
         });
     }
     let prompts: Vec<String> = classes.iter().map(|c| prompt(template, c)).collect();
-    let batch = tokenizer.encode_batch(&prompts)?;
+    let batch = tokenizer.encode_batch(&prompts)?.trimmed();
     let (ids, eot) = token_tensors::<B>(&batch, device);
     Ok(clip.encode_text(ids, eot))
 }
