@@ -10,6 +10,7 @@ use serde::Serialize;
 use mmrl_data::preprocess::{self, CropRounding, PreprocessConfig};
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::loader::{load_clip, Layout, LoadedClip};
+use mmrl_model::methods::mmrl_io::load_mmrl;
 use mmrl_train::zeroshot;
 
 use crate::backend::DeviceKind;
@@ -26,6 +27,61 @@ pub struct Cli {
 pub enum Command {
     /// Classify images with zero-shot CLIP.
     Zeroshot(ZeroshotArgs),
+    /// Classify images with an adapted CLIP (an MMRL checkpoint).
+    Predict(PredictArgs),
+}
+
+/// Adaptation methods `predict` can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    /// MMRL (CVPR 2025).
+    Mmrl,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The method the checkpoint belongs to.
+    #[arg(long, value_enum, default_value_t = Method::Mmrl)]
+    pub method: Method,
+    /// CLIP weights, as for `zeroshot`.
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// The method's checkpoint: the reference's `model.pth.tar-N` or one saved by mmrl.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// tokenizer.json or bpe_simple_vocab_16e6.txt.gz (default as for `zeroshot`).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Image files or folders (folders are read in sorted order).
+    #[arg(long, num_args = 1.., required = true)]
+    pub images: Vec<PathBuf>,
+    /// Class names, comma-separated.
+    #[arg(long, value_delimiter = ',', conflicts_with = "classes_file")]
+    pub classes: Vec<String>,
+    /// A file with one class name per line.
+    #[arg(long)]
+    pub classes_file: Option<PathBuf>,
+    /// Prompt template; `{}` is replaced by the class name.
+    #[arg(long, default_value = zeroshot::DEFAULT_TEMPLATE)]
+    pub template: String,
+    /// The classes are novel (not trained on): use the class head only.
+    #[arg(long)]
+    pub novel: bool,
+    /// Injected layers, 1-based (default: the checkpoint's count, ending at the last layer).
+    #[arg(long, value_delimiter = ',')]
+    pub rep_layers: Option<Vec<usize>>,
+    /// Weight of the class head in fused (base-class) inference.
+    #[arg(long, default_value_t = 0.7)]
+    pub alpha: f64,
+    /// Backend to run on.
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +123,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Zeroshot(args) => {
             crate::with_backend!(args.device, |B, device| zeroshot_cmd::<B>(&args, &device))
         }
+        Command::Predict(args) => {
+            crate::with_backend!(args.device, |B, device| predict_cmd::<B>(&args, &device))
+        }
     }
 }
 
@@ -105,16 +164,15 @@ pub fn collect_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn read_classes(args: &ZeroshotArgs) -> Result<Vec<String>> {
-    let classes: Vec<String> = match &args.classes_file {
+fn read_classes(list: &[String], file: Option<&Path>) -> Result<Vec<String>> {
+    let classes: Vec<String> = match file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read classes file {}", path.display()))?
             .lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
             .collect(),
-        None => args
-            .classes
+        None => list
             .iter()
             .map(|c| c.trim().to_string())
             .filter(|c| !c.is_empty())
@@ -166,7 +224,7 @@ pub fn preprocess_config<B: Backend>(
 }
 
 #[derive(Serialize)]
-struct ZeroshotJson {
+struct ClassifyJson {
     classes: Vec<String>,
     results: Vec<ImageResult>,
 }
@@ -177,10 +235,81 @@ struct ImageResult {
     logits: Vec<f32>,
     probs: Vec<f32>,
     pred: String,
+    /// MMRL: logits of the class-token head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class_logits: Option<Vec<f32>>,
+    /// MMRL: logits of the representation head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rep_logits: Option<Vec<f32>>,
+}
+
+/// Rows of a `[rows, cols]` tensor.
+fn rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
+    let [_, cols] = t.dims();
+    let v: Vec<f32> = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| anyhow::anyhow!("reading results back from the device: {e:?}"))?;
+    Ok(v.chunks(cols.max(1)).map(<[f32]>::to_vec).collect())
+}
+
+/// Preprocesses images in batches and hands each batch to `classify`, which
+/// returns `(logits, extra heads)` per image; collects the results.
+fn classify_images<B: Backend>(
+    images: &[PathBuf],
+    pre: &PreprocessConfig,
+    batch_size: usize,
+    classes: &[String],
+    device: &B::Device,
+    mut classify: impl FnMut(Tensor<B, 4>) -> Result<(Tensor<B, 2>, Option<[Tensor<B, 2>; 2]>)>,
+) -> Result<Vec<ImageResult>> {
+    let mut results = Vec::with_capacity(images.len());
+    for chunk in images.chunks(batch_size.max(1)) {
+        let mut pixels = Vec::with_capacity(chunk.len() * pre.numel());
+        for path in chunk {
+            pixels.extend(preprocess::preprocess_file(path, pre)?);
+        }
+        let side = pre.crop_size;
+        let batch =
+            Tensor::<B, 1>::from_data(TensorData::new(pixels, [chunk.len() * pre.numel()]), device)
+                .reshape([chunk.len(), 3, side, side]);
+        let (logits, heads) = classify(batch)?;
+        let probs = rows(burn::tensor::activation::softmax(logits.clone(), 1))?;
+        let logits = rows(logits)?;
+        let (mut class_rows, mut rep_rows) = match heads {
+            Some([c, r]) => (Some(rows(c)?.into_iter()), Some(rows(r)?.into_iter())),
+            None => (None, None),
+        };
+        for ((path, logits), probs) in chunk.iter().zip(logits).zip(probs) {
+            let best = argmax(&logits);
+            results.push(ImageResult {
+                image: path.display().to_string(),
+                pred: classes[best].clone(),
+                logits,
+                probs,
+                class_logits: class_rows.as_mut().and_then(Iterator::next),
+                rep_logits: rep_rows.as_mut().and_then(Iterator::next),
+            });
+        }
+    }
+    Ok(results)
+}
+
+fn print_results(json: bool, classes: Vec<String>, results: Vec<ImageResult>) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&ClassifyJson { classes, results })?
+        );
+    } else {
+        print_table(&classes, &results);
+    }
+    Ok(())
 }
 
 fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<()> {
-    let classes = read_classes(args)?;
+    let classes = read_classes(&args.classes, args.classes_file.as_deref())?;
     zeroshot::check_classes(&args.template, &classes)?;
     let images = collect_images(&args.images)?;
     let loaded = load_clip::<B>(&args.clip, device)
@@ -189,51 +318,52 @@ fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<(
     let pre = preprocess_config(&args.clip, &loaded)?;
     let clip = &loaded.model;
     let text = zeroshot::class_text_features(clip, &tokenizer, &classes, &args.template, device)?;
+    let results = classify_images(&images, &pre, args.batch_size, &classes, device, |batch| {
+        Ok((zeroshot::classify(clip, batch, text.clone()).logits, None))
+    })?;
+    print_results(args.json, classes, results)
+}
 
-    let mut results = Vec::with_capacity(images.len());
-    for chunk in images.chunks(args.batch_size.max(1)) {
-        let mut pixels = Vec::with_capacity(chunk.len() * pre.numel());
-        for path in chunk {
-            pixels.extend(preprocess::preprocess_file(path, &pre)?);
-        }
-        let side = pre.crop_size;
-        let batch =
-            Tensor::<B, 1>::from_data(TensorData::new(pixels, [chunk.len() * pre.numel()]), device)
-                .reshape([chunk.len(), 3, side, side]);
-        let out = zeroshot::classify(clip, batch, text.clone());
-        let logits: Vec<f32> = out
-            .logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let probs: Vec<f32> = out
-            .probs
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let n = classes.len();
-        for (i, path) in chunk.iter().enumerate() {
-            let row_logits = logits[i * n..(i + 1) * n].to_vec();
-            let row_probs = probs[i * n..(i + 1) * n].to_vec();
-            let best = argmax(&row_logits);
-            results.push(ImageResult {
-                image: path.display().to_string(),
-                logits: row_logits,
-                probs: row_probs,
-                pred: classes[best].clone(),
-            });
-        }
-    }
-
-    if args.json {
-        let out = ZeroshotJson { classes, results };
-        println!("{}", serde_json::to_string(&out)?);
-    } else {
-        print_table(&classes, &results);
-    }
-    Ok(())
+fn predict_cmd<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<()> {
+    let classes = read_classes(&args.classes, args.classes_file.as_deref())?;
+    zeroshot::check_classes(&args.template, &classes)?;
+    let images = collect_images(&args.images)?;
+    let loaded = load_clip::<B>(&args.clip, device)
+        .with_context(|| format!("loading CLIP from {}", args.clip.display()))?;
+    let tokenizer = pick_tokenizer(args.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
+    let pre = preprocess_config(&args.clip, &loaded)?;
+    let model = load_mmrl(
+        &args.checkpoint,
+        loaded.model,
+        args.rep_layers.clone(),
+        args.alpha,
+        device,
+    )
+    .with_context(|| format!("loading the MMRL checkpoint {}", args.checkpoint.display()))?;
+    eprintln!(
+        "MMRL: K = {}, injected layers {:?} (1-based), {} trainable parameters",
+        model.representation_learner.n_tokens(),
+        model.rep_layers.iter().map(|l| l + 1).collect::<Vec<_>>(),
+        model.num_trainable_params()
+    );
+    // Text features once for the class set, from the cached lower layers.
+    let batch = zeroshot::encode_prompts(&tokenizer, &model.clip, &classes, &args.template)?;
+    let (ids, eot) = zeroshot::token_tensors::<B>(&batch, device);
+    let text = model.text_features(model.text_lower(ids), eot);
+    let alpha = model.alpha;
+    let results = classify_images(&images, &pre, args.batch_size, &classes, device, |batch| {
+        let image = model.image_features(model.image_lower(batch));
+        let logits = model.logits(&image, text.clone());
+        // Decoupled inference: base classes fuse both heads; novel classes
+        // and other datasets use the class head only.
+        let chosen = if args.novel {
+            logits.class.clone()
+        } else {
+            logits.fused(alpha)
+        };
+        Ok((chosen, Some([logits.class, logits.rep])))
+    })?;
+    print_results(args.json, classes, results)
 }
 
 fn argmax(v: &[f32]) -> usize {

@@ -114,6 +114,13 @@ fn run<B: Backend>(args: &Args, device: B::Device) -> Result<(), String> {
         let batch = tokenizer
             .encode_batch(&prompts)
             .map_err(|e| e.to_string())?;
+        // Trimmed after the longest prompt's end token, as mmrl encodes
+        // prompts; `--full-context` times all 77 positions, as PyTorch does.
+        let batch = if args.full_context {
+            batch
+        } else {
+            batch.trimmed()
+        };
         let ids = Tensor::<B, 1, Int>::from_data(
             TensorData::new(batch.ids.clone(), [batch.ids.len()]),
             &device,

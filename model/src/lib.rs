@@ -3,5 +3,6 @@
 
 pub mod clip;
 pub mod error;
+pub mod methods;
 
 pub use error::{Error, Result};

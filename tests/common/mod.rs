@@ -14,9 +14,22 @@ pub fn clip_fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// A tensor of a fixture safetensors file: (values as f32, shape).
+/// `tests/fixtures/mmrl/<rel>`.
+pub fn mmrl_fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/mmrl")
+        .join(rel)
+}
+
+/// A tensor of a CLIP fixture safetensors file: (values as f32, shape).
 pub fn tensor(file: &str, key: &str) -> (Vec<f32>, Vec<usize>) {
-    let bytes = std::fs::read(clip_fixture(file)).unwrap();
+    tensor_at(&clip_fixture(file), key)
+}
+
+/// A tensor of any safetensors file: (values as f32, shape).
+pub fn tensor_at(path: &std::path::Path, key: &str) -> (Vec<f32>, Vec<usize>) {
+    let file = path.display();
+    let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let view = st
         .tensor(key)

@@ -54,6 +54,26 @@ pub fn token_tensors<B: Backend>(
     (ids, eot)
 }
 
+/// The class prompts, tokenised and trimmed after the longest one's end
+/// token, after checking the class list and that the tokenizer fits `clip`.
+pub fn encode_prompts<B: Backend>(
+    tokenizer: &ClipTokenizer,
+    clip: &Clip<B>,
+    classes: &[String],
+    template: &str,
+) -> Result<TokenBatch> {
+    check_classes(template, classes)?;
+    let vocab = clip.text_model.embeddings.token_embedding.weight.dims()[0];
+    if tokenizer.vocab_size() > vocab {
+        return Err(Error::VocabMismatch {
+            tokenizer: tokenizer.vocab_size(),
+            model: vocab,
+        });
+    }
+    let prompts: Vec<String> = classes.iter().map(|c| prompt(template, c)).collect();
+    Ok(tokenizer.encode_batch(&prompts)?.trimmed())
+}
+
 /// Projected text features of the class prompts.
 ///
 /// # Shapes
@@ -65,16 +85,7 @@ pub fn class_text_features<B: Backend>(
     template: &str,
     device: &B::Device,
 ) -> Result<Tensor<B, 2>> {
-    check_classes(template, classes)?;
-    let vocab = clip.text_model.embeddings.token_embedding.weight.dims()[0];
-    if tokenizer.vocab_size() > vocab {
-        return Err(Error::VocabMismatch {
-            tokenizer: tokenizer.vocab_size(),
-            model: vocab,
-        });
-    }
-    let prompts: Vec<String> = classes.iter().map(|c| prompt(template, c)).collect();
-    let batch = tokenizer.encode_batch(&prompts)?.trimmed();
+    let batch = encode_prompts(tokenizer, clip, classes, template)?;
     let (ids, eot) = token_tensors::<B>(&batch, device);
     Ok(clip.encode_text(ids, eot))
 }

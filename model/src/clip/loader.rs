@@ -137,24 +137,30 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
         path: path.into(),
         msg,
     };
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; 9];
     let n = std::fs::File::open(path)
         .and_then(|mut f| f.read(&mut magic))
         .map_err(|source| Error::Io {
             path: path.into(),
             source,
         })?;
-    let is_zip = n == 4 && magic == *b"PK\x03\x04";
-    let is_legacy_pickle = n >= 2 && magic[0] == 0x80;
+    let is_zip = n >= 4 && magic[..4] == *b"PK\x03\x04";
+    // safetensors: an 8-byte little-endian header length, then the JSON header.
+    let is_safetensors = n == 9 && magic[8] == b'{';
+    let is_legacy_pickle = n >= 2 && magic[0] == 0x80 && !is_safetensors;
     let tensors: BTreeMap<String, TensorSnapshot> = if is_zip || is_legacy_pickle {
         if is_zip && is_torchscript(path) {
             return Err(bad(
                 TORCHSCRIPT_HINT.replace("{file}", &path.display().to_string())
             ));
         }
-        let reader = PytorchReader::new(path)
-            .map_err(|e| bad(format!("not a readable PyTorch state dict ({e})")))?;
-        reader.into_tensors().into_iter().collect()
+        match PytorchReader::new(path) {
+            Ok(reader) => reader.into_tensors().into_iter().collect(),
+            // Checkpoints that pickle optimizer or scheduler objects next to
+            // the weights: read the tensors with candle's lenient unpickler.
+            Err(e) => read_pickle_lenient(path)
+                .map_err(|e2| bad(format!("not a readable PyTorch state dict ({e}; {e2})")))?,
+        }
     } else {
         let mut store = SafetensorsStore::from_file(path);
         store
@@ -171,6 +177,35 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
         return Err(bad("the file holds no tensors".into()));
     }
     Ok(strip_wrappers(tensors))
+}
+
+/// Every tensor of a PyTorch file, under `state_dict` when the file has one,
+/// whatever other Python objects it pickles. Reads eagerly, casting to f32.
+fn read_pickle_lenient(
+    path: &Path,
+) -> std::result::Result<BTreeMap<String, TensorSnapshot>, String> {
+    use candle_core::pickle::read_all_with_key;
+    let tensors = read_all_with_key(path, Some("state_dict"))
+        .or_else(|_| read_all_with_key(path, None))
+        .map_err(|e| e.to_string())?;
+    tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let shape = t.dims().to_vec();
+            let values = t
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| format!("tensor `{name}`: {e}"))?;
+            let snapshot = TensorSnapshot::from_data(
+                TensorData::new(values, shape),
+                name.split('.').map(String::from).collect(),
+                Vec::new(),
+                ParamId::new(),
+            );
+            Ok((name, snapshot))
+        })
+        .collect()
 }
 
 const TORCHSCRIPT_HINT: &str = "{file} is a TorchScript archive (OpenAI's release format), \
@@ -454,7 +489,7 @@ pub fn openai_source(param: &str) -> Option<Source> {
 }
 
 /// The file tensor, cast to f32, in the parameter's layout.
-fn convert(
+pub(crate) fn convert(
     path: &Path,
     key: &str,
     snap: &TensorSnapshot,
@@ -509,7 +544,7 @@ fn convert(
     }
 }
 
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
     for r in 0..rows {
         for c in 0..cols {

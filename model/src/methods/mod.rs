@@ -1,0 +1,6 @@
+//! Methods that adapt CLIP. Each is a module holding its own parameters plus
+//! the frozen [`Clip`](crate::clip::Clip), and hooks into CLIP's one
+//! transformer through [`BlockHook`](crate::clip::BlockHook).
+
+pub mod mmrl;
+pub mod mmrl_io;
