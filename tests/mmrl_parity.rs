@@ -13,10 +13,14 @@ use mmrl::model::clip::l2_normalize;
 use mmrl::model::clip::loader::load_clip;
 use mmrl::model::methods::mmrl::Mmrl;
 use mmrl::model::methods::mmrl_io::{load_mmrl, save_mmrl_safetensors};
-use mmrl::train::mmrl_loss::mmrl_loss;
+use mmrl::train::mmrl_loss::{mmrl_loss, MmrlLossWeights};
 use mmrl::train::zeroshot::{prompt, token_tensors};
 
 const EXPECTED: &str = "expected.safetensors";
+const WEIGHTS: MmrlLossWeights = MmrlLossWeights {
+    alpha: 0.7,
+    reg_weight: 0.5,
+};
 
 fn expected(key: &str) -> Vec<f32> {
     tensor_at(&mmrl_fixture(EXPECTED), key).0
@@ -158,7 +162,7 @@ fn features_logits_and_loss_match_the_reference() {
             "zs_text_features",
             1e-4,
         );
-        let loss = mmrl_loss(&logits, x.labels, &image, text, zs_image, zs_text, 0.7, 0.5);
+        let loss = mmrl_loss(&logits, x.labels, &image, text, zs_image, zs_text, WEIGHTS);
         assert_close("loss ce_class", &vec(loss.ce_class), "loss_ce_class", 1e-4);
         assert_close("loss ce_rep", &vec(loss.ce_rep), "loss_ce_rep", 1e-4);
         assert_close(
@@ -180,7 +184,7 @@ fn gradients_match_the_reference_and_clip_stays_frozen() {
     let (image, text, logits) = model.forward(x.images.clone(), x.ids.clone(), x.eot.clone());
     let zs_image = model.clip.encode_image(x.images).detach();
     let zs_text = model.clip.encode_text(x.ids, x.eot).detach();
-    let loss = mmrl_loss(&logits, x.labels, &image, text, zs_image, zs_text, 0.7, 0.5);
+    let loss = mmrl_loss(&logits, x.labels, &image, text, zs_image, zs_text, WEIGHTS);
     let grads = loss.total.backward();
     let rl = &model.representation_learner;
     let g2 =

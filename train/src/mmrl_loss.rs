@@ -36,6 +36,13 @@ pub fn one_minus_mean_cos<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tenso
     cos.mean().neg().add_scalar(1.0)
 }
 
+/// The loss weights: `alpha` (`ALPHA`, 0.7) and λ (`REG_WEIGHT`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MmrlLossWeights {
+    pub alpha: f64,
+    pub reg_weight: f64,
+}
+
 /// The MMRL loss.
 ///
 /// # Shapes
@@ -49,9 +56,9 @@ pub fn mmrl_loss<B: Backend>(
     text: Tensor<B, 2>,
     zs_image: Tensor<B, 2>,
     zs_text: Tensor<B, 2>,
-    alpha: f64,
-    reg_weight: f64,
+    weights: MmrlLossWeights,
 ) -> MmrlLoss<B> {
+    let MmrlLossWeights { alpha, reg_weight } = weights;
     let ce = CrossEntropyLossConfig::new().init(&labels.device());
     let ce_class = ce.forward(logits.class.clone(), labels.clone());
     let ce_rep = ce.forward(logits.rep.clone(), labels);
