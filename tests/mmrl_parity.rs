@@ -181,7 +181,10 @@ fn gradients_match_the_reference_and_clip_stays_frozen() {
     type AB = Autodiff<B>;
     let model = load::<AB>("mmrl_params.safetensors");
     let x = inputs::<AB>(true);
-    let (image, text, logits) = model.forward(x.images.clone(), x.ids.clone(), x.eot.clone());
+    // As training runs it: frozen lower layers on the inner backend, once.
+    let text = model.text_features(model.text_lower_frozen(x.ids.clone()), x.eot.clone());
+    let image = model.image_features(model.image_lower_frozen(x.images.clone()));
+    let logits = model.logits(&image, text.clone());
     let zs_image = model.clip.encode_image(x.images).detach();
     let zs_text = model.clip.encode_text(x.ids, x.eot).detach();
     let loss = mmrl_loss(&logits, x.labels, &image, text, zs_image, zs_text, WEIGHTS);

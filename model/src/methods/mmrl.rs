@@ -13,7 +13,7 @@
 //! Reference: `yunncheng/MMRL` @ 27d8821 (`trainers/mmrl.py`,
 //! `clip/model_mmrl.py`); `../shared/specs/mmrl.md`.
 
-use burn::module::{Module, Param};
+use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::Distribution;
@@ -439,6 +439,29 @@ impl<B: Backend> Mmrl<B> {
         let image = self.image_features_with(self.image_lower(images), &vision_tokens);
         let logits = self.logits(&image, text.clone());
         (image, text, logits)
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> Mmrl<B> {
+    /// [`Mmrl::image_lower`] on the inner (non-autodiff) backend, brought
+    /// back as a constant: the frozen lower layers record no graph.
+    ///
+    /// # Shapes
+    /// - `images`: `[batch, 3, size, size]`
+    /// - output: `[batch, 1 + patches, vision width]`
+    pub fn image_lower_frozen(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        let inner: Mmrl<B::InnerBackend> = self.valid();
+        Tensor::from_inner(inner.image_lower(images.inner()))
+    }
+
+    /// [`Mmrl::text_lower`] on the inner backend, as a constant.
+    ///
+    /// # Shapes
+    /// - `tokens`: `[classes, seq]`
+    /// - output: `[classes, seq, text width]`
+    pub fn text_lower_frozen(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let inner: Mmrl<B::InnerBackend> = self.valid();
+        Tensor::from_inner(inner.text_lower(tokens.inner()))
     }
 }
 
