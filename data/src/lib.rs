@@ -2,7 +2,9 @@
 //! sampling and batching.
 
 pub mod error;
+pub mod few_shot;
 pub mod preprocess;
+pub mod pyrandom;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
