@@ -38,54 +38,9 @@ pub enum Method {
     Mmrl,
 }
 
+/// What every classifying command takes: weights, images, classes, output.
 #[derive(Debug, Args)]
-pub struct PredictArgs {
-    /// The method the checkpoint belongs to.
-    #[arg(long, value_enum, default_value_t = Method::Mmrl)]
-    pub method: Method,
-    /// CLIP weights, as for `zeroshot`.
-    #[arg(long)]
-    pub clip: PathBuf,
-    /// The method's checkpoint: the reference's `model.pth.tar-N` or one saved by mmrl.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// tokenizer.json or bpe_simple_vocab_16e6.txt.gz (default as for `zeroshot`).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-    /// Image files or folders (folders are read in sorted order).
-    #[arg(long, num_args = 1.., required = true)]
-    pub images: Vec<PathBuf>,
-    /// Class names, comma-separated.
-    #[arg(long, value_delimiter = ',', conflicts_with = "classes_file")]
-    pub classes: Vec<String>,
-    /// A file with one class name per line.
-    #[arg(long)]
-    pub classes_file: Option<PathBuf>,
-    /// Prompt template; `{}` is replaced by the class name.
-    #[arg(long, default_value = zeroshot::DEFAULT_TEMPLATE)]
-    pub template: String,
-    /// The classes are novel (not trained on): use the class head only.
-    #[arg(long)]
-    pub novel: bool,
-    /// Injected layers, 1-based (default: the checkpoint's count, ending at the last layer).
-    #[arg(long, value_delimiter = ',')]
-    pub rep_layers: Option<Vec<usize>>,
-    /// Weight of the class head in fused (base-class) inference.
-    #[arg(long, default_value_t = 0.7)]
-    pub alpha: f64,
-    /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
-    pub device: DeviceKind,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ZeroshotArgs {
+pub struct ClassifyArgs {
     /// CLIP weights: a Hugging Face folder (config.json + model.safetensors)
     /// or an OpenAI/open_clip .safetensors/.pt file.
     #[arg(long)]
@@ -117,14 +72,45 @@ pub struct ZeroshotArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ZeroshotArgs {
+    #[command(flatten)]
+    pub common: ClassifyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub common: ClassifyArgs,
+    /// The method the checkpoint belongs to.
+    #[arg(long, value_enum, default_value_t = Method::Mmrl)]
+    pub method: Method,
+    /// The method's checkpoint: the reference's `model.pth.tar-N` or one saved by mmrl.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The classes are novel (not trained on): use the class head only.
+    #[arg(long)]
+    pub novel: bool,
+    /// Injected layers, 1-based (default: the checkpoint's count, ending at the last layer).
+    #[arg(long, value_delimiter = ',')]
+    pub rep_layers: Option<Vec<usize>>,
+    /// Weight of the class head in fused (base-class) inference.
+    #[arg(long, default_value_t = 0.7)]
+    pub alpha: f64,
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Zeroshot(args) => {
-            crate::with_backend!(args.device, |B, device| zeroshot_cmd::<B>(&args, &device))
+            crate::with_backend!(args.common.device, |B, device| zeroshot_cmd::<B>(
+                &args, &device
+            ))
         }
         Command::Predict(args) => {
-            crate::with_backend!(args.device, |B, device| predict_cmd::<B>(&args, &device))
+            crate::with_backend!(args.common.device, |B, device| predict_cmd::<B>(
+                &args, &device
+            ))
         }
     }
 }
@@ -308,33 +294,61 @@ fn print_results(json: bool, classes: Vec<String>, results: Vec<ImageResult>) ->
     Ok(())
 }
 
-fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<()> {
+/// The classes, images, CLIP, tokenizer and preprocessing a command works with.
+struct Setup<B: Backend> {
+    classes: Vec<String>,
+    images: Vec<PathBuf>,
+    clip: LoadedClip<B>,
+    tokenizer: ClipTokenizer,
+    pre: PreprocessConfig,
+}
+
+fn setup<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> Result<Setup<B>> {
     let classes = read_classes(&args.classes, args.classes_file.as_deref())?;
     zeroshot::check_classes(&args.template, &classes)?;
     let images = collect_images(&args.images)?;
-    let loaded = load_clip::<B>(&args.clip, device)
+    let clip = load_clip::<B>(&args.clip, device)
         .with_context(|| format!("loading CLIP from {}", args.clip.display()))?;
-    let tokenizer = pick_tokenizer(args.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
-    let pre = preprocess_config(&args.clip, &loaded)?;
-    let clip = &loaded.model;
-    let text = zeroshot::class_text_features(clip, &tokenizer, &classes, &args.template, device)?;
-    let results = classify_images(&images, &pre, args.batch_size, &classes, device, |batch| {
-        Ok((zeroshot::classify(clip, batch, text.clone()).logits, None))
-    })?;
-    print_results(args.json, classes, results)
+    let tokenizer = pick_tokenizer(args.tokenizer.as_deref(), clip.tokenizer.as_deref())?;
+    let pre = preprocess_config(&args.clip, &clip)?;
+    Ok(Setup {
+        classes,
+        images,
+        clip,
+        tokenizer,
+        pre,
+    })
+}
+
+fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<()> {
+    let args = &args.common;
+    let s = setup::<B>(args, device)?;
+    let clip = &s.clip.model;
+    let text =
+        zeroshot::class_text_features(clip, &s.tokenizer, &s.classes, &args.template, device)?;
+    let results = classify_images(
+        &s.images,
+        &s.pre,
+        args.batch_size,
+        &s.classes,
+        device,
+        |batch| Ok((zeroshot::classify(clip, batch, text.clone()).logits, None)),
+    )?;
+    print_results(args.json, s.classes, results)
 }
 
 fn predict_cmd<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<()> {
-    let classes = read_classes(&args.classes, args.classes_file.as_deref())?;
-    zeroshot::check_classes(&args.template, &classes)?;
-    let images = collect_images(&args.images)?;
-    let loaded = load_clip::<B>(&args.clip, device)
-        .with_context(|| format!("loading CLIP from {}", args.clip.display()))?;
-    let tokenizer = pick_tokenizer(args.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
-    let pre = preprocess_config(&args.clip, &loaded)?;
+    let common = &args.common;
+    let Setup {
+        classes,
+        images,
+        clip,
+        tokenizer,
+        pre,
+    } = setup::<B>(common, device)?;
     let model = load_mmrl(
         &args.checkpoint,
-        loaded.model,
+        clip.model,
         args.rep_layers.clone(),
         args.alpha,
         device,
@@ -347,23 +361,30 @@ fn predict_cmd<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<()>
         model.num_trainable_params()
     );
     // Text features once for the class set, from the cached lower layers.
-    let batch = zeroshot::encode_prompts(&tokenizer, &model.clip, &classes, &args.template)?;
+    let batch = zeroshot::encode_prompts(&tokenizer, &model.clip, &classes, &common.template)?;
     let (ids, eot) = zeroshot::token_tensors::<B>(&batch, device);
     let text = model.text_features(model.text_lower(ids), eot);
     let alpha = model.alpha;
-    let results = classify_images(&images, &pre, args.batch_size, &classes, device, |batch| {
-        let image = model.image_features(model.image_lower(batch));
-        let logits = model.logits(&image, text.clone());
-        // Decoupled inference: base classes fuse both heads; novel classes
-        // and other datasets use the class head only.
-        let chosen = if args.novel {
-            logits.class.clone()
-        } else {
-            logits.fused(alpha)
-        };
-        Ok((chosen, Some([logits.class, logits.rep])))
-    })?;
-    print_results(args.json, classes, results)
+    let results = classify_images(
+        &images,
+        &pre,
+        common.batch_size,
+        &classes,
+        device,
+        |batch| {
+            let image = model.image_features(model.image_lower(batch));
+            let logits = model.logits(&image, text.clone());
+            // Decoupled inference: base classes fuse both heads; novel classes
+            // and other datasets use the class head only.
+            let chosen = if args.novel {
+                logits.class.clone()
+            } else {
+                logits.fused(alpha)
+            };
+            Ok((chosen, Some([logits.class, logits.rep])))
+        },
+    )?;
+    print_results(common.json, classes, results)
 }
 
 fn argmax(v: &[f32]) -> usize {
