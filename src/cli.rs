@@ -29,6 +29,9 @@ pub enum Command {
     Zeroshot(ZeroshotArgs),
     /// Classify images with an adapted CLIP (an MMRL checkpoint).
     Predict(PredictArgs),
+    /// Datasets: list them, check a layout, print a run's few-shot split.
+    #[command(subcommand)]
+    Data(crate::data_cmd::DataCommand),
 }
 
 /// Adaptation methods `predict` can run.
@@ -107,6 +110,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &args, &device
             ))
         }
+        Command::Data(cmd) => crate::data_cmd::run(cmd),
         Command::Predict(args) => {
             crate::with_backend!(args.common.device, |B, device| predict_cmd::<B>(
                 &args, &device

@@ -24,7 +24,32 @@ pub enum Error {
     /// A configuration file is not usable.
     #[error("{path}: {msg}")]
     Config { path: PathBuf, msg: String },
+    /// A dataset's layout, split file, manifest or class list is not usable;
+    /// the message says what to fix.
+    #[error("{path}: {msg}")]
+    Dataset { path: PathBuf, msg: String },
+    /// A request that cannot be served (unknown dataset, bad option value).
+    #[error("{0}")]
+    Invalid(String),
     /// An image could not be decoded.
     #[error("cannot decode image {path}: {msg}")]
     Image { path: PathBuf, msg: String },
+}
+
+impl Error {
+    /// A [`Error::Dataset`] for `path`.
+    pub fn dataset(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Dataset {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
 }

@@ -127,6 +127,15 @@ impl PyRandom {
         }
     }
 
+    /// `random.shuffle(x)` in place: for `i` from `len - 1` down to 1, swap
+    /// `x[i]` with `x[_randbelow(i + 1)]`.
+    pub fn shuffle<T>(&mut self, x: &mut [T]) {
+        for i in (1..x.len()).rev() {
+            let j = self.randbelow((i + 1) as u32) as usize;
+            x.swap(i, j);
+        }
+    }
+
     /// `random.sample(range(n), k)`: both of CPython's branches (a pool for
     /// small populations, a set of selected indices otherwise), so the
     /// indices come out in CPython's order. `k <= n`.
