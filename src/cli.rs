@@ -32,6 +32,8 @@ pub enum Command {
     /// Datasets: list them, check a layout, print a run's few-shot split.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),
+    /// Train a method on a dataset under a protocol, over seeds.
+    Train(crate::train_cmd::TrainArgs),
 }
 
 /// Adaptation methods `predict` can run.
@@ -111,6 +113,11 @@ pub fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Data(cmd) => crate::data_cmd::run(cmd),
+        Command::Train(args) => {
+            crate::with_backend!(args.device, |B, device| crate::train_cmd::train_cmd::<B>(
+                &args, &device
+            ))
+        }
         Command::Predict(args) => {
             crate::with_backend!(args.common.device, |B, device| predict_cmd::<B>(
                 &args, &device

@@ -8,3 +8,4 @@ pub use mmrl_train as train;
 pub mod backend;
 pub mod cli;
 pub mod data_cmd;
+pub mod train_cmd;

@@ -3,6 +3,8 @@
 
 pub mod clip;
 pub mod error;
+pub mod frozen;
 pub mod methods;
 
 pub use error::{Error, Result};
+pub use frozen::Frozen;

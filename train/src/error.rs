@@ -25,4 +25,9 @@ pub enum Error {
          pass the tokenizer that belongs to these weights with --tokenizer"
     )]
     VocabMismatch { tokenizer: usize, model: usize },
+    #[error("{path}: {msg}")]
+    Config {
+        path: std::path::PathBuf,
+        msg: String,
+    },
 }

@@ -134,7 +134,7 @@ impl MmrlConfig {
         Mmrl {
             representation_learner,
             proj_rep,
-            clip: clip.no_grad(),
+            clip: crate::Frozen::new(clip.no_grad()),
             rep_layers: layers.iter().map(|l| l - 1).collect(),
             alpha: self.alpha,
         }
@@ -256,8 +256,8 @@ pub struct Mmrl<B: Backend> {
     pub representation_learner: RepresentationLearner<B>,
     /// `[vision width, projection_dim]`, trainable.
     pub proj_rep: Param<Tensor<B, 2>>,
-    /// Frozen.
-    pub clip: Clip<B>,
+    /// Frozen, and outside the module's parameters and records.
+    pub clip: crate::Frozen<Clip<B>>,
     /// Injected layers, 0-based.
     pub rep_layers: Vec<usize>,
     /// Weight of the class logits in fused inference.

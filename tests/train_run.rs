@@ -1,0 +1,168 @@
+//! `mmrl train` end to end on a tiny random CLIP and a generated folder
+//! dataset: base-to-novel over two seeds writes the table, JSON, CSV and
+//! small checkpoints; the same seed gives the same numbers.
+
+mod common;
+
+use std::path::Path;
+
+use common::{assert_clean_failure, clip_fixture, mmrl, TempDir};
+use serde_json::Value;
+
+/// 6 classes of 8 images each: a coloured square on a grey background.
+fn make_dataset(root: &Path) {
+    let colours = [
+        [220u8, 30, 30],
+        [30, 200, 40],
+        [40, 40, 220],
+        [220, 220, 30],
+        [200, 40, 200],
+        [30, 210, 210],
+    ];
+    for (c, rgb) in colours.iter().enumerate() {
+        let dir = root.join(format!("class_{c}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..8u32 {
+            let img = image::RgbImage::from_fn(40 + i, 36, |x, y| {
+                let inside = (8 + i..28 + i).contains(&x) && (6..30).contains(&y);
+                if inside {
+                    image::Rgb(*rgb)
+                } else {
+                    image::Rgb([120, 120, 120])
+                }
+            });
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+}
+
+fn train(root: &Path, out: &Path, seeds: &str) -> Value {
+    let clip = clip_fixture("tiny_hf");
+    let o = mmrl(&[
+        "train",
+        "--method",
+        "mmrl",
+        "--dataset",
+        "folder",
+        "--root",
+        root.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--protocol",
+        "base2novel",
+        "--shots",
+        "2",
+        "--seeds",
+        seeds,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--set",
+        "workers=1",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains("epoch 2/2 train"),
+        "one line per epoch: {stdout}"
+    );
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn base_to_novel_over_two_seeds_writes_results_and_small_checkpoints() {
+    let tmp = TempDir::new("train");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let out = tmp.path().join("run");
+    let r = train(&root, &out, "1,2");
+    assert_eq!(r["method"], "mmrl");
+    assert_eq!(r["protocol"], "base2novel");
+    let seeds = r["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2);
+    for s in seeds {
+        for k in ["base", "novel", "hm"] {
+            let v = s[k].as_f64().unwrap();
+            assert!((0.0..=100.0).contains(&v), "{k} = {v}");
+        }
+        let (b, n) = (s["base"].as_f64().unwrap(), s["novel"].as_f64().unwrap());
+        let hm = s["hm"].as_f64().unwrap();
+        assert!(
+            (hm - if b + n > 0.0 {
+                2.0 * b * n / (b + n)
+            } else {
+                0.0
+            })
+            .abs()
+                < 1e-9
+        );
+    }
+    let mean_base = (seeds[0]["base"].as_f64().unwrap() + seeds[1]["base"].as_f64().unwrap()) / 2.0;
+    assert!((r["mean"]["base"].as_f64().unwrap() - mean_base).abs() < 1e-9);
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("mean ± std"), "{md}");
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(out.join("config.toml").is_file());
+    assert!(out.join("seed1/fewshot.json").is_file());
+
+    // The checkpoint holds only the trained parameters, with the CLIP hash.
+    let ckpt = std::fs::read(out.join("seed1/mmrl.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&ckpt).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    assert_eq!(meta["clip_sha256"].len(), 64);
+    let st = safetensors::SafeTensors::deserialize(&ckpt).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.contains("representation_learner") || n.contains("proj_rep")),
+        "{names:?}"
+    );
+    let clip_bytes = std::fs::metadata(clip_fixture("tiny_hf/model.safetensors"))
+        .unwrap()
+        .len();
+    assert!(
+        (ckpt.len() as u64) < clip_bytes,
+        "checkpoint {} B vs CLIP {clip_bytes} B",
+        ckpt.len()
+    );
+
+    // Same seed, same numbers.
+    let again = train(&root, &tmp.path().join("again"), "1");
+    let s1 = &again["seeds"][0];
+    for k in ["base", "novel", "hm"] {
+        assert_eq!(s1[k], seeds[0][k], "{k}");
+    }
+}
+
+#[test]
+fn bad_training_arguments_are_clear_errors() {
+    let tmp = TempDir::new("train-bad");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let clip = clip_fixture("tiny_hf");
+    let o = mmrl(&[
+        "train",
+        "--method",
+        "mmrl",
+        "--dataset",
+        "folder",
+        "--root",
+        root.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--set",
+        "mmrl.no_such_key=1",
+        "--output",
+        tmp.path().join("o").to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["no_such_key"]);
+}

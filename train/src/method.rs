@@ -1,0 +1,227 @@
+//! The methods the trainer, evaluator and checkpoints share.
+//!
+//! A method is one module plus one loss: a *trainee* (a Burn module holding
+//! the method's trainable parameters, the frozen CLIP behind
+//! [`Frozen`](mmrl_model::Frozen), and the class prompts of the training
+//! classes) implementing Burn's `TrainStep` / `InferenceStep`, and an
+//! evaluator that scores a class set with the method's test-time logits.
+//! Zero-shot CLIP has no trainee; it only evaluates.
+
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+use mmrl_data::loader::{ImageBatch, ImageLoader};
+use mmrl_data::{ClipTokenizer, TokenBatch};
+use mmrl_model::clip::Clip;
+use mmrl_model::methods::mmrl::Mmrl;
+use mmrl_model::Frozen;
+
+use crate::mmrl_loss::{mmrl_loss, MmrlLossWeights};
+use crate::zeroshot::{encode_prompts, token_tensors};
+use crate::Result;
+
+/// The adaptation methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodKind {
+    /// CLIP with hand-written prompts; nothing is trained.
+    Zeroshot,
+    /// MMRL (CVPR 2025).
+    Mmrl,
+}
+
+impl MethodKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MethodKind::Zeroshot => "zeroshot",
+            MethodKind::Mmrl => "mmrl",
+        }
+    }
+}
+
+/// Which logits a class set is scored with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// MMRL's fused `α·class + (1−α)·rep` (base classes, few-shot, ImageNet).
+    Fused,
+    /// The class-token head alone (novel classes, other datasets).
+    Class,
+}
+
+/// The class prompts of a class set, tokenised, with what stays fixed
+/// during training: CLIP's zero-shot text features (MMRL's regulariser
+/// target) and the frozen lower text layers' output.
+#[derive(Module, Debug)]
+pub struct ClassText<B: Backend> {
+    /// `[classes, seq]`
+    pub tokens: Tensor<B, 2, Int>,
+    /// `[classes]`
+    pub eot: Tensor<B, 1, Int>,
+    /// `[classes, projection_dim]`
+    pub zs_text: Tensor<B, 2>,
+    /// `[classes, seq, text width]`: the layers below MMRL's first injected one.
+    pub lower: Tensor<B, 3>,
+}
+
+/// Tokenises the prompts and computes the frozen parts once.
+pub fn class_text<B: Backend>(
+    model: &Mmrl<B>,
+    tokenizer: &ClipTokenizer,
+    classes: &[String],
+    template: &str,
+    device: &B::Device,
+) -> Result<ClassText<B>> {
+    let batch: TokenBatch = encode_prompts(tokenizer, &model.clip, classes, template)?;
+    let (tokens, eot) = token_tensors::<B>(&batch, device);
+    let zs_text = model.clip.encode_text(tokens.clone(), eot.clone());
+    let lower = model.text_lower(tokens.clone());
+    Ok(ClassText {
+        tokens,
+        eot,
+        zs_text,
+        lower,
+    })
+}
+
+/// MMRL ready to train on one class set.
+#[derive(Module, Debug)]
+pub struct MmrlTrainee<B: Backend> {
+    pub model: Mmrl<B>,
+    pub text: Frozen<ClassText<B>>,
+    /// λ of both regularisers.
+    pub reg_weight: f64,
+}
+
+impl<B: Backend> MmrlTrainee<B> {
+    fn weights(&self) -> MmrlLossWeights {
+        MmrlLossWeights {
+            alpha: self.model.alpha,
+            reg_weight: self.reg_weight,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for MmrlTrainee<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        // Frozen work on the inner backend: no graph is kept for it.
+        let clip: Clip<B::InnerBackend> = self.model.clip.0.valid();
+        let images_inner = batch.images.clone().inner();
+        let zs_image = Tensor::<B, 2>::from_inner(clip.encode_image(images_inner));
+        let lower = self.model.image_lower_frozen(batch.images);
+        let image = self.model.image_features(lower);
+        let text = self
+            .model
+            .text_features(self.text.lower.clone(), self.text.eot.clone());
+        let logits = self.model.logits(&image, text.clone());
+        let loss = mmrl_loss(
+            &logits,
+            batch.labels.clone(),
+            &image,
+            text,
+            zs_image,
+            self.text.zs_text.clone(),
+            self.weights(),
+        );
+        let fused = logits.fused(self.model.alpha);
+        let grads = loss.total.backward();
+        TrainOutput::new(
+            self,
+            grads,
+            ClassificationOutput::new(loss.total, fused, batch.labels),
+        )
+    }
+}
+
+impl<B: Backend> InferenceStep for MmrlTrainee<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
+        let image = self
+            .model
+            .image_features(self.model.image_lower(batch.images));
+        let text = self
+            .model
+            .text_features(self.text.lower.clone(), self.text.eot.clone());
+        let fused = self.model.logits(&image, text).fused(self.model.alpha);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&fused.device())
+            .forward(fused.clone(), batch.labels.clone());
+        ClassificationOutput::new(loss, fused, batch.labels)
+    }
+}
+
+/// Correct predictions and total over a loader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub correct: usize,
+    pub total: usize,
+}
+
+impl Tally {
+    /// Micro accuracy in percent (Dassl's `Classification` evaluator).
+    pub fn accuracy(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            100.0 * self.correct as f64 / self.total as f64
+        }
+    }
+}
+
+fn count_correct<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> usize {
+    let pred = logits.argmax(1).squeeze_dim::<1>(1);
+    pred.equal(labels).int().sum().into_scalar().elem::<i64>() as usize
+}
+
+/// Scores every batch of `loader` with `logits_of` (text features are
+/// computed once by the caller). Stops with the loader's error, if any.
+pub fn evaluate<B: Backend>(
+    loader: &ImageLoader<B>,
+    mut logits_of: impl FnMut(Tensor<B, 4>) -> Tensor<B, 2>,
+) -> Result<Tally> {
+    use burn::data::dataloader::DataLoader;
+    let mut t = Tally::default();
+    for batch in loader.iter() {
+        t.total += batch.indices.len();
+        t.correct += count_correct(logits_of(batch.images), batch.labels);
+    }
+    if let Some(e) = loader.take_error() {
+        return Err(e.into());
+    }
+    Ok(t)
+}
+
+/// MMRL's accuracy on a class set with the given head.
+pub fn evaluate_mmrl<B: Backend>(
+    model: &Mmrl<B>,
+    text: &ClassText<B>,
+    head: Head,
+    loader: &ImageLoader<B>,
+) -> Result<Tally> {
+    let features = model.text_features(text.lower.clone(), text.eot.clone());
+    evaluate(loader, |images| {
+        let image = model.image_features(model.image_lower(images));
+        let logits = model.logits(&image, features.clone());
+        match head {
+            Head::Fused => logits.fused(model.alpha),
+            Head::Class => logits.class,
+        }
+    })
+}
+
+/// Zero-shot CLIP's accuracy on a class set.
+pub fn evaluate_zeroshot<B: Backend>(
+    clip: &Clip<B>,
+    text_features: Tensor<B, 2>,
+    loader: &ImageLoader<B>,
+) -> Result<Tally> {
+    evaluate(loader, |images| {
+        clip.logits(clip.encode_image(images), text_features.clone())
+    })
+}

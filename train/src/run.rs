@@ -1,0 +1,664 @@
+//! A training run: one method, one dataset, one protocol, several seeds;
+//! results as JSON, Markdown and CSV; trained parameters as small
+//! checkpoints tied to the CLIP weights they were trained on.
+
+use std::path::{Path, PathBuf};
+
+use burn::data::dataloader::DataLoader;
+use burn::module::AutodiffModule;
+use burn::optim::AdamWConfig;
+use burn::prelude::*;
+use burn::record::CompactRecorder;
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
+use burn::train::{Learner, SupervisedTraining};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use mmrl_data::augment::TrainTransform;
+use mmrl_data::dataset::{self, split_file, Item, Prepared, Request, Source};
+use mmrl_data::few_shot::Subsample;
+use mmrl_data::loader::{ImageLoader, LoaderMode, Sample};
+use mmrl_data::preprocess::PreprocessConfig;
+use mmrl_data::ClipTokenizer;
+use mmrl_model::clip::Clip;
+use mmrl_model::methods::mmrl::MmrlConfig;
+use mmrl_model::methods::mmrl_io::mmrl_state;
+use mmrl_model::Frozen;
+
+use crate::method::{
+    class_text, evaluate_mmrl, evaluate_zeroshot, ClassText, Head, MethodKind, MmrlTrainee,
+};
+use crate::renderer::EpochLines;
+use crate::schedule::DasslSchedule;
+use crate::zeroshot::class_text_features;
+use crate::{Error, Result};
+
+/// The evaluation protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Train on the base half of the classes; test on base and novel.
+    Base2novel,
+    /// Train and test on all classes with K shots.
+    Fewshot,
+}
+
+/// Everything that decides a run's numbers: printed at start and saved
+/// with the run (`config.toml`). Defaults are MMRL's `vit_b16.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    pub method: MethodKind,
+    pub protocol: Protocol,
+    pub shots: usize,
+    pub seeds: Vec<u64>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub test_batch_size: usize,
+    /// AdamW (Dassl: betas 0.9/0.999, eps 1e-8 as PyTorch).
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+    pub warmup_epochs: usize,
+    pub warmup_lr: f64,
+    /// RandomResizedCrop's scale range.
+    pub crop_scale: (f64, f64),
+    /// Decoding threads.
+    pub workers: usize,
+    /// Keep decoded images in memory after the first epoch.
+    pub cache_images: bool,
+    /// Prompt template; empty: the dataset's (`CUSTOM_TEMPLATES`).
+    pub template: String,
+    /// MMRL's settings; `reg_weight`/`rep_dim` default per dataset.
+    pub mmrl: MmrlSection,
+}
+
+/// `[mmrl]`: unset values take the reference's per-dataset defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MmrlSection {
+    pub n_rep_tokens: Option<usize>,
+    pub rep_dim: Option<usize>,
+    pub rep_layers: Option<Vec<usize>>,
+    pub alpha: Option<f64>,
+    pub reg_weight: Option<f64>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            method: MethodKind::Mmrl,
+            protocol: Protocol::Base2novel,
+            shots: 16,
+            seeds: vec![1, 2, 3],
+            epochs: 10,
+            batch_size: 4,
+            test_batch_size: 250,
+            lr: 1e-3,
+            weight_decay: 5e-4,
+            eps: 1e-8,
+            warmup_epochs: 1,
+            warmup_lr: 1e-5,
+            crop_scale: (0.5, 1.0),
+            workers: 2,
+            cache_images: true,
+            template: String::new(),
+            mmrl: MmrlSection::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// MMRL's settings for `dataset` (Dassl name), with the overrides.
+    pub fn mmrl_config(&self, dataset: &str) -> MmrlConfig {
+        let mut c = MmrlConfig::for_dataset(dataset);
+        let m = &self.mmrl;
+        if let Some(v) = m.n_rep_tokens {
+            c.n_rep_tokens = v;
+        }
+        if let Some(v) = m.rep_dim {
+            c.rep_dim = v;
+        }
+        if m.rep_layers.is_some() {
+            c.rep_layers = m.rep_layers.clone();
+        }
+        if let Some(v) = m.alpha {
+            c.alpha = v;
+        }
+        if let Some(v) = m.reg_weight {
+            c.reg_weight = v;
+        }
+        c
+    }
+
+    /// Parses a TOML config.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Config {
+            path: origin.into(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// As TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configs serialise")
+    }
+
+    /// Applies `key=value` (TOML syntax for the value, e.g. `epochs=2`,
+    /// `mmrl.reg_weight=0.5`, `seeds=[1,2]`, `template="a photo of a {}."`).
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let bad = |msg: String| Error::Config {
+            path: "--set".into(),
+            msg,
+        };
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{assignment:?} is not key=value")))?;
+        let mut doc: toml::Value = toml::Value::try_from(&*self).expect("configs serialise");
+        let parsed: toml::Value = format!("v = {}", value.trim())
+            .parse::<toml::Table>()
+            .map(|mut t| t.remove("v").unwrap())
+            .or_else(|_| Ok::<_, Error>(toml::Value::String(value.trim().to_string())))?;
+        let mut slot = &mut doc;
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let table = slot
+                .as_table_mut()
+                .ok_or_else(|| bad(format!("{key}: {part} is not a section")))?;
+            if i + 1 == parts.len() {
+                table.insert(part.to_string(), parsed.clone());
+                break;
+            }
+            slot = table
+                .entry(part.to_string())
+                .or_insert(toml::Value::Table(Default::default()));
+        }
+        *self = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(format!("{assignment}: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Where a run reads and writes.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    pub dataset: Source,
+    pub root: PathBuf,
+    pub classnames: Option<PathBuf>,
+    pub clip: PathBuf,
+    pub output: PathBuf,
+}
+
+/// One seed's numbers (accuracies in percent).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeedResult {
+    pub seed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub novel: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Last epoch's training accuracy, when trained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_accuracy: Option<f64>,
+    /// Training accuracy stayed near chance.
+    #[serde(default)]
+    pub diverged: bool,
+}
+
+/// Harmonic mean of base and novel accuracy.
+pub fn harmonic_mean(b: f64, n: f64) -> f64 {
+    if b + n == 0.0 {
+        0.0
+    } else {
+        2.0 * b * n / (b + n)
+    }
+}
+
+/// Mean and population std (ddof 0, as `parse_test_res.py`).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// SHA-256 of the CLIP weights a checkpoint belongs to (the weights file,
+/// and `config.json` for a Hugging Face folder).
+pub fn clip_hash(path: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    let files: Vec<PathBuf> = if path.is_dir() {
+        ["model.safetensors", "pytorch_model.bin", "config.json"]
+            .iter()
+            .map(|f| path.join(f))
+            .filter(|p| p.is_file())
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    for f in files {
+        let mut file = std::fs::File::open(&f).map_err(|e| mmrl_data::Error::io(&f, e))?;
+        std::io::copy(&mut file, &mut h).map_err(|e| mmrl_data::Error::io(&f, e))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn samples(items: &[Item]) -> Vec<Sample> {
+    items
+        .iter()
+        .map(|i| Sample {
+            path: i.path.clone(),
+            label: i.label,
+        })
+        .collect()
+}
+
+fn prepare(
+    paths: &RunPaths,
+    cfg: &TrainConfig,
+    seed: u64,
+    subsample: Subsample,
+) -> Result<Prepared> {
+    let splits = dataset::read_splits(
+        &paths.dataset,
+        &paths.root,
+        paths.classnames.as_deref(),
+        true,
+    )?;
+    let p = dataset::prepare(
+        &splits,
+        &Request {
+            shots: cfg.shots,
+            seed,
+            subsample,
+            manifest: None,
+        },
+    )?;
+    for w in &p.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(p)
+}
+
+/// The run's whole outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub method: String,
+    pub dataset: String,
+    pub protocol: Protocol,
+    pub shots: usize,
+    pub seeds: Vec<SeedResult>,
+    pub mean: serde_json::Value,
+    pub std: serde_json::Value,
+}
+
+/// Trains (or, for zero-shot, only evaluates) over every seed and writes
+/// `results.{json,md,csv}` into `paths.output`.
+pub fn run<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    paths: &RunPaths,
+    clip: &Clip<B::InnerBackend>,
+    tokenizer: &ClipTokenizer,
+    pre: &PreprocessConfig,
+    device: &B::Device,
+) -> Result<RunReport> {
+    std::fs::create_dir_all(&paths.output).map_err(|e| mmrl_data::Error::io(&paths.output, e))?;
+    split_file::write_atomic(&paths.output.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let hash = if cfg.method == MethodKind::Zeroshot {
+        String::new()
+    } else {
+        clip_hash(&paths.clip)?
+    };
+    let mut results = Vec::new();
+    let mut dataset_name = String::new();
+    for &seed in &cfg.seeds {
+        let dir = paths.output.join(format!("seed{seed}"));
+        std::fs::create_dir_all(&dir).map_err(|e| mmrl_data::Error::io(&dir, e))?;
+        let r = run_seed::<B>(
+            cfg,
+            paths,
+            clip,
+            tokenizer,
+            pre,
+            device,
+            seed,
+            &dir,
+            &hash,
+            &mut dataset_name,
+        )?;
+        let line = serde_json::to_string(&r).unwrap();
+        println!("seed {seed}: {line}");
+        results.push(r);
+    }
+    let report = summarise(cfg, &dataset_name, results);
+    write_results(&paths.output, &report)?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_seed<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    paths: &RunPaths,
+    clip: &Clip<B::InnerBackend>,
+    tokenizer: &ClipTokenizer,
+    pre: &PreprocessConfig,
+    device: &B::Device,
+    seed: u64,
+    dir: &Path,
+    hash: &str,
+    dataset_name: &mut String,
+) -> Result<SeedResult> {
+    let (train_sub, test_subs): (Subsample, Vec<(Subsample, Head)>) = match cfg.protocol {
+        Protocol::Base2novel => (
+            Subsample::Base,
+            vec![
+                (Subsample::Base, Head::Fused),
+                (Subsample::Novel, Head::Class),
+            ],
+        ),
+        Protocol::Fewshot => (Subsample::All, vec![(Subsample::All, Head::Fused)]),
+    };
+    let train_data = prepare(paths, cfg, seed, train_sub)?;
+    *dataset_name = train_data.dataset.clone();
+    split_file::write_json_atomic(&dir.join("fewshot.json"), &train_data.manifest)?;
+    let template = if cfg.template.is_empty() {
+        train_data.template.clone()
+    } else {
+        cfg.template.clone()
+    };
+    let inner_device = clip.devices()[0].clone();
+    let eval_loader = |items: &[Item]| {
+        ImageLoader::<B::InnerBackend>::new(
+            samples(items),
+            LoaderMode::Eval {
+                config: pre.clone(),
+            },
+            cfg.test_batch_size,
+            cfg.workers,
+            inner_device.clone(),
+        )
+    };
+    let mut accs = Vec::new();
+    let mut train_accuracy = None;
+    match cfg.method {
+        MethodKind::Zeroshot => {
+            for (sub, _) in &test_subs {
+                let data = if *sub == train_sub {
+                    train_data.clone()
+                } else {
+                    prepare(paths, cfg, seed, *sub)?
+                };
+                let text =
+                    class_text_features(clip, tokenizer, &data.classes, &template, &inner_device)?;
+                accs.push(evaluate_zeroshot(clip, text, &eval_loader(&data.test))?.accuracy());
+            }
+        }
+        MethodKind::Mmrl => {
+            B::seed(device, seed);
+            let mcfg = cfg.mmrl_config(&train_data.dataset);
+            let clip_ad: Clip<B> = Clip::from_inner(clip.clone());
+            let model = mcfg.init(clip_ad, device);
+            let inner = model.valid();
+            let text: ClassText<B::InnerBackend> = class_text(
+                &inner,
+                tokenizer,
+                &train_data.classes,
+                &template,
+                &inner_device,
+            )?;
+            let trainee = MmrlTrainee {
+                model,
+                text: Frozen::new(ClassText::from_inner(text)),
+                reg_weight: mcfg.reg_weight,
+            };
+            let train_loader = ImageLoader::<B>::new(
+                samples(&train_data.train),
+                LoaderMode::Train {
+                    transform: TrainTransform {
+                        scale: cfg.crop_scale,
+                        ..TrainTransform::mmrl(pre.crop_size)
+                    },
+                    seed,
+                },
+                cfg.batch_size,
+                cfg.workers,
+                device.clone(),
+            )
+            .with_cache(cfg.cache_images);
+            let iters = train_loader.batch_indices(0).len();
+            let valid_loader = eval_loader(&train_data.val);
+            let optim = AdamWConfig::new()
+                .with_beta_1(0.9)
+                .with_beta_2(0.999)
+                .with_epsilon(cfg.eps as f32)
+                .with_weight_decay(cfg.weight_decay as f32)
+                .init();
+            let sched = DasslSchedule {
+                base_lr: cfg.lr,
+                epochs: cfg.epochs,
+                warmup_epochs: cfg.warmup_epochs,
+                warmup_lr: cfg.warmup_lr,
+                iters_per_epoch: iters,
+                step: 0,
+            };
+            let train_arc: std::sync::Arc<dyn DataLoader<B, _>> =
+                std::sync::Arc::new(train_loader.clone());
+            let valid_arc: std::sync::Arc<dyn DataLoader<B::InnerBackend, _>> =
+                std::sync::Arc::new(valid_loader);
+            let result = SupervisedTraining::new(dir.join("train"), train_arc, valid_arc)
+                .metrics((AccuracyMetric::new(), LossMetric::new()))
+                .metric_train_numeric(LearningRateMetric::new())
+                .with_file_checkpointer(CompactRecorder::new())
+                .num_epochs(cfg.epochs)
+                .renderer(EpochLines::new(format!("seed {seed}")))
+                .with_application_logger(None)
+                .launch(Learner::new(trainee, optim, sched));
+            if let Some(e) = train_loader.take_error() {
+                return Err(e.into());
+            }
+            let trained = result.model;
+            train_accuracy = last_train_accuracy(&dir.join("train"), cfg.epochs);
+            save_checkpoint(
+                &trained.model,
+                &dir.join("mmrl.safetensors"),
+                cfg,
+                &mcfg,
+                hash,
+                &train_data.dataset,
+            )?;
+            for (sub, head) in &test_subs {
+                let data = if *sub == train_sub {
+                    train_data.clone()
+                } else {
+                    prepare(paths, cfg, seed, *sub)?
+                };
+                let text = class_text(
+                    &trained.model,
+                    tokenizer,
+                    &data.classes,
+                    &template,
+                    &inner_device,
+                )?;
+                accs.push(
+                    evaluate_mmrl(&trained.model, &text, *head, &eval_loader(&data.test))?
+                        .accuracy(),
+                );
+            }
+        }
+    }
+    let n_classes = train_data.classes.len().max(1) as f64;
+    let diverged = train_accuracy.is_some_and(|a| a < 1.5 * 100.0 / n_classes);
+    Ok(match cfg.protocol {
+        Protocol::Base2novel => SeedResult {
+            seed,
+            base: Some(accs[0]),
+            novel: Some(accs[1]),
+            hm: Some(harmonic_mean(accs[0], accs[1])),
+            accuracy: None,
+            train_accuracy,
+            diverged,
+        },
+        Protocol::Fewshot => SeedResult {
+            seed,
+            base: None,
+            novel: None,
+            hm: None,
+            accuracy: Some(accs[0]),
+            train_accuracy,
+            diverged,
+        },
+    })
+}
+
+/// The last epoch's mean training accuracy from Burn's metric log.
+fn last_train_accuracy(dir: &Path, epoch: usize) -> Option<f64> {
+    let text =
+        std::fs::read_to_string(dir.join(format!("train/epoch-{epoch}/Accuracy.log"))).ok()?;
+    let vals: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+}
+
+/// Trained parameters only, in the reference's names and PyTorch layouts,
+/// with the resolved config and the CLIP weights' hash in the header.
+fn save_checkpoint<B: Backend>(
+    model: &mmrl_model::methods::mmrl::Mmrl<B>,
+    path: &Path,
+    cfg: &TrainConfig,
+    mcfg: &MmrlConfig,
+    hash: &str,
+    dataset: &str,
+) -> Result<()> {
+    let state = mmrl_state(model);
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = state
+        .iter()
+        .map(|(name, shape, data)| {
+            let bytes: &[u8] = bytemuck_f32(data);
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("shape matches"),
+            )
+        })
+        .collect();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("format".to_string(), "mmrl".to_string());
+    meta.insert("method".to_string(), "mmrl".to_string());
+    meta.insert("dataset".to_string(), dataset.to_string());
+    meta.insert("clip_sha256".to_string(), hash.to_string());
+    meta.insert(
+        "mmrl_config".to_string(),
+        serde_json::to_string(mcfg).unwrap(),
+    );
+    meta.insert("train_config".to_string(), cfg.to_toml());
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Config {
+        path: path.into(),
+        msg: e.to_string(),
+    })?;
+    split_file::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+fn summarise(cfg: &TrainConfig, dataset: &str, seeds: Vec<SeedResult>) -> RunReport {
+    let pick =
+        |f: fn(&SeedResult) -> Option<f64>| -> Vec<f64> { seeds.iter().filter_map(f).collect() };
+    let (mean, std) = match cfg.protocol {
+        Protocol::Base2novel => {
+            let (bm, bs) = mean_std(&pick(|s| s.base));
+            let (nm, ns) = mean_std(&pick(|s| s.novel));
+            let (_, hs) = mean_std(&pick(|s| s.hm));
+            (
+                serde_json::json!({"base": bm, "novel": nm, "hm": harmonic_mean(bm, nm)}),
+                serde_json::json!({"base": bs, "novel": ns, "hm": hs}),
+            )
+        }
+        Protocol::Fewshot => {
+            let (m, s) = mean_std(&pick(|s| s.accuracy));
+            (
+                serde_json::json!({"accuracy": m}),
+                serde_json::json!({"accuracy": s}),
+            )
+        }
+    };
+    RunReport {
+        method: cfg.method.name().into(),
+        dataset: dataset.into(),
+        protocol: cfg.protocol,
+        shots: cfg.shots,
+        seeds,
+        mean,
+        std,
+    }
+}
+
+/// `results.json`, `results.md` (paper-style) and `results.csv`, atomically.
+pub fn write_results(dir: &Path, r: &RunReport) -> Result<()> {
+    let json = serde_json::to_value(r).unwrap();
+    split_file::write_json_atomic(&dir.join("results.json"), &json)?;
+    let cols: Vec<&str> = match r.protocol {
+        Protocol::Base2novel => vec!["base", "novel", "hm"],
+        Protocol::Fewshot => vec!["accuracy"],
+    };
+    let val = |s: &SeedResult, c: &str| -> f64 {
+        match c {
+            "base" => s.base,
+            "novel" => s.novel,
+            "hm" => s.hm,
+            _ => s.accuracy,
+        }
+        .unwrap_or(f64::NAN)
+    };
+    let mut md = format!(
+        "# {} on {} ({:?}, {} shots)\n\n| seed | {} |\n|---|{}\n",
+        r.method,
+        r.dataset,
+        r.protocol,
+        r.shots,
+        cols.join(" | "),
+        "---|".repeat(cols.len())
+    );
+    let mut csv = format!("method,dataset,protocol,shots,seed,{}\n", cols.join(","));
+    for s in &r.seeds {
+        let v: Vec<String> = cols.iter().map(|c| format!("{:.2}", val(s, c))).collect();
+        md.push_str(&format!(
+            "| {}{} | {} |\n",
+            s.seed,
+            if s.diverged { " (diverged)" } else { "" },
+            v.join(" | ")
+        ));
+        let v: Vec<String> = cols.iter().map(|c| format!("{}", val(s, c))).collect();
+        csv.push_str(&format!(
+            "{},{},{:?},{},{},{}\n",
+            r.method,
+            r.dataset,
+            r.protocol,
+            r.shots,
+            s.seed,
+            v.join(",")
+        ));
+    }
+    let ms: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            let m = r.mean[*c].as_f64().unwrap_or(f64::NAN);
+            let s = r.std[*c].as_f64().unwrap_or(f64::NAN);
+            format!("{m:.2} ± {s:.2}")
+        })
+        .collect();
+    md.push_str(&format!("| **mean ± std** | {} |\n", ms.join(" | ")));
+    split_file::write_atomic(&dir.join("results.md"), md.as_bytes())?;
+    split_file::write_atomic(&dir.join("results.csv"), csv.as_bytes())?;
+    Ok(())
+}
