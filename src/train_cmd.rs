@@ -54,6 +54,12 @@ pub struct TrainArgs {
     /// Where results, checkpoints and logs go.
     #[arg(long)]
     pub output: PathBuf,
+    /// Continue the run in --output from its last completed epoch (same arguments).
+    #[arg(long)]
+    pub resume: bool,
+    /// Testing aid: stop during the epoch after this one, as a kill would.
+    #[arg(long, hide = true)]
+    pub interrupt_after_epoch: Option<usize>,
 }
 
 fn parse_method(s: &str) -> std::result::Result<MethodKind, String> {
@@ -130,6 +136,8 @@ pub fn train_cmd<B: Backend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
         classnames: a.data.classnames.clone(),
         clip: a.clip.clone(),
         output: a.output.clone(),
+        resume: a.resume,
+        interrupt_after_epoch: a.interrupt_after_epoch,
     };
     let report = run::run::<Autodiff<B>>(&cfg, &paths, &loaded.model, &tokenizer, &pre, device)?;
     print!(

@@ -36,9 +36,9 @@ fn make_dataset(root: &Path) {
     }
 }
 
-fn train(root: &Path, out: &Path, seeds: &str) -> Value {
+fn train_with(root: &Path, out: &Path, seeds: &str, extra: &[&str]) -> std::process::Output {
     let clip = clip_fixture("tiny_hf");
-    let o = mmrl(&[
+    let mut args = vec![
         "train",
         "--method",
         "mmrl",
@@ -55,14 +55,20 @@ fn train(root: &Path, out: &Path, seeds: &str) -> Value {
         "--seeds",
         seeds,
         "--epochs",
-        "2",
+        "3",
         "--batch-size",
         "2",
         "--set",
         "workers=1",
         "--output",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    mmrl(&args)
+}
+
+fn train(root: &Path, out: &Path, seeds: &str) -> Value {
+    let o = train_with(root, out, seeds, &[]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -70,7 +76,7 @@ fn train(root: &Path, out: &Path, seeds: &str) -> Value {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(
-        stdout.contains("epoch 2/2 train"),
+        stdout.contains("epoch 3/3 train"),
         "one line per epoch: {stdout}"
     );
     serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
@@ -141,6 +147,26 @@ fn base_to_novel_over_two_seeds_writes_results_and_small_checkpoints() {
     for k in ["base", "novel", "hm"] {
         assert_eq!(s1[k], seeds[0][k], "{k}");
     }
+
+    // Killed during epoch 2, then resumed: the same numbers as uninterrupted.
+    let out2 = tmp.path().join("killed");
+    let o = train_with(&root, &out2, "1", &["--interrupt-after-epoch", "1"]);
+    assert_clean_failure(&o, &["interrupted", "--resume"]);
+    assert!(!out2.join("results.json").exists());
+    // Without --resume the run is not overwritten.
+    let o = train_with(&root, &out2, "1", &[]);
+    assert_clean_failure(&o, &["previous run", "--resume"]);
+    let o = train_with(&root, &out2, "1", &["--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("resuming after epoch 1"));
+    let resumed: Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.join("results.json")).unwrap()).unwrap();
+    for k in ["base", "novel", "hm"] {
+        assert_eq!(resumed["seeds"][0][k], seeds[0][k], "{k} after resume");
+    }
+    // A finished seed is not run again.
+    let o = train_with(&root, &out2, "1", &["--resume"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("done before"));
 }
 
 #[test]

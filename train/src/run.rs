@@ -8,7 +8,7 @@ use burn::data::dataloader::DataLoader;
 use burn::module::AutodiffModule;
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
-use burn::record::CompactRecorder;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{Learner, SupervisedTraining};
@@ -189,6 +189,28 @@ pub struct RunPaths {
     pub classnames: Option<PathBuf>,
     pub clip: PathBuf,
     pub output: PathBuf,
+    /// Continue the run in `output` from its last completed epoch.
+    pub resume: bool,
+    /// Testing aid: stop during the epoch after this one, as a kill would.
+    pub interrupt_after_epoch: Option<usize>,
+}
+
+/// The last epoch whose model, optimizer and scheduler checkpoints all exist.
+fn last_checkpoint(dir: &Path) -> Option<usize> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    rd.filter_map(|e| {
+        let name = e.ok()?.file_name().to_string_lossy().into_owned();
+        let n: usize = name
+            .strip_prefix("model-")?
+            .strip_suffix(".mpk")?
+            .parse()
+            .ok()?;
+        let complete = ["model", "optim", "scheduler"].iter().all(|k| {
+            std::fs::metadata(dir.join(format!("{k}-{n}.mpk"))).is_ok_and(|m| m.len() > 0)
+        });
+        complete.then_some(n)
+    })
+    .max()
 }
 
 /// One seed's numbers (accuracies in percent).
@@ -308,7 +330,19 @@ pub fn run<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<RunReport> {
     std::fs::create_dir_all(&paths.output).map_err(|e| mmrl_data::Error::io(&paths.output, e))?;
-    split_file::write_atomic(&paths.output.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let config_file = paths.output.join("config.toml");
+    if paths.resume && config_file.is_file() {
+        let before = std::fs::read_to_string(&config_file)
+            .map_err(|e| mmrl_data::Error::io(&config_file, e))?;
+        if before != cfg.to_toml() {
+            return Err(Error::Config {
+                path: config_file,
+                msg: "the run being resumed used another config; resume with the same arguments"
+                    .into(),
+            });
+        }
+    }
+    split_file::write_atomic(&config_file, cfg.to_toml().as_bytes())?;
     let hash = if cfg.method == MethodKind::Zeroshot {
         String::new()
     } else {
@@ -318,6 +352,31 @@ pub fn run<B: AutodiffBackend>(
     let mut dataset_name = String::new();
     for &seed in &cfg.seeds {
         let dir = paths.output.join(format!("seed{seed}"));
+        let done = dir.join("result.json");
+        if paths.resume && done.is_file() {
+            let text =
+                std::fs::read_to_string(&done).map_err(|e| mmrl_data::Error::io(&done, e))?;
+            let (name, r): (String, SeedResult) =
+                serde_json::from_str(&text).map_err(|e| Error::Config {
+                    path: done.clone(),
+                    msg: format!("not a seed result ({e}); delete it to rerun the seed"),
+                })?;
+            println!(
+                "seed {seed}: done before, {}",
+                serde_json::to_string(&r).unwrap()
+            );
+            dataset_name = name;
+            results.push(r);
+            continue;
+        }
+        if !paths.resume && dir.join("train").exists() {
+            return Err(Error::Config {
+                path: dir.clone(),
+                msg:
+                    "holds a previous run; pass --resume to continue it, or choose another --output"
+                        .into(),
+            });
+        }
         std::fs::create_dir_all(&dir).map_err(|e| mmrl_data::Error::io(&dir, e))?;
         let r = run_seed::<B>(
             cfg,
@@ -331,6 +390,7 @@ pub fn run<B: AutodiffBackend>(
             &hash,
             &mut dataset_name,
         )?;
+        split_file::write_json_atomic(&done, &serde_json::json!([dataset_name, r]))?;
         let line = serde_json::to_string(&r).unwrap();
         println!("seed {seed}: {line}");
         results.push(r);
@@ -416,6 +476,18 @@ fn run_seed<B: AutodiffBackend>(
                 text: Frozen::new(ClassText::from_inner(text)),
                 reg_weight: mcfg.reg_weight,
             };
+            let ckpt_dir = dir.join("train").join("checkpoint");
+            let resume_from = if paths.resume {
+                last_checkpoint(&ckpt_dir)
+            } else {
+                None
+            };
+            if let Some(n) = resume_from {
+                println!(
+                    "seed {seed}: resuming after epoch {n} ({})",
+                    ckpt_dir.display()
+                );
+            }
             let train_loader = ImageLoader::<B>::new(
                 samples(&train_data.train),
                 LoaderMode::Train {
@@ -429,7 +501,8 @@ fn run_seed<B: AutodiffBackend>(
                 cfg.workers,
                 device.clone(),
             )
-            .with_cache(cfg.cache_images);
+            .with_cache(cfg.cache_images)
+            .with_start_epoch(resume_from.unwrap_or(0) as u64);
             let iters = train_loader.batch_indices(0).len();
             let valid_loader = eval_loader(&train_data.val);
             let optim = AdamWConfig::new()
@@ -446,18 +519,41 @@ fn run_seed<B: AutodiffBackend>(
                 iters_per_epoch: iters,
                 step: 0,
             };
-            let train_arc: std::sync::Arc<dyn DataLoader<B, _>> =
+            let mut train_arc: std::sync::Arc<dyn DataLoader<B, _>> =
                 std::sync::Arc::new(train_loader.clone());
             let valid_arc: std::sync::Arc<dyn DataLoader<B::InnerBackend, _>> =
                 std::sync::Arc::new(valid_loader);
-            let result = SupervisedTraining::new(dir.join("train"), train_arc, valid_arc)
+            let interrupter = burn::train::Interrupter::new();
+            if let Some(n) = paths.interrupt_after_epoch {
+                let remaining = n.saturating_sub(resume_from.unwrap_or(0));
+                train_arc = std::sync::Arc::new(StopAfter {
+                    inner: train_arc,
+                    remaining: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(remaining)),
+                    interrupter: interrupter.clone(),
+                });
+            }
+            let mut training = SupervisedTraining::new(dir.join("train"), train_arc, valid_arc)
+                .with_interrupter(interrupter.clone())
                 .metrics((AccuracyMetric::new(), LossMetric::new()))
                 .metric_train_numeric(LearningRateMetric::new())
-                .with_file_checkpointer(CompactRecorder::new())
+                // Full precision, so that a resumed run continues bit for bit.
+                .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
                 .num_epochs(cfg.epochs)
-                .renderer(EpochLines::new(format!("seed {seed}")))
-                .with_application_logger(None)
+                .with_application_logger(None);
+            if let Some(n) = resume_from {
+                training = training.checkpoint(n);
+            }
+            let renderer = EpochLines::new(format!("seed {seed}"));
+            let result = training
+                .renderer(renderer)
                 .launch(Learner::new(trainee, optim, sched));
+            if interrupter.should_stop() {
+                return Err(Error::Config {
+                    path: dir.join("train"),
+                    msg: "training was interrupted; run the same command with --resume to continue"
+                        .into(),
+                });
+            }
             if let Some(e) = train_loader.take_error() {
                 return Err(e.into());
             }
@@ -661,4 +757,44 @@ pub fn write_results(dir: &Path, r: &RunReport) -> Result<()> {
     split_file::write_atomic(&dir.join("results.md"), md.as_bytes())?;
     split_file::write_atomic(&dir.join("results.csv"), csv.as_bytes())?;
     Ok(())
+}
+
+/// Testing aid: a train loader that interrupts training at the first batch
+/// after `remaining` epochs, before that epoch's checkpoint, as a kill does.
+struct StopAfter<B: Backend, O> {
+    inner: std::sync::Arc<dyn DataLoader<B, O>>,
+    remaining: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    interrupter: burn::train::Interrupter,
+}
+
+impl<B: Backend, O: 'static> DataLoader<B, O> for StopAfter<B, O> {
+    fn iter<'a>(&'a self) -> Box<dyn burn::data::dataloader::DataLoaderIterator<O> + 'a> {
+        use std::sync::atomic::Ordering;
+        if self.remaining.load(Ordering::SeqCst) == 0 {
+            self.interrupter.stop(Some("interrupted for testing"));
+        } else {
+            self.remaining.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.inner.iter()
+    }
+
+    fn num_items(&self) -> usize {
+        self.inner.num_items()
+    }
+
+    fn to_device(&self, device: &B::Device) -> std::sync::Arc<dyn DataLoader<B, O>> {
+        std::sync::Arc::new(StopAfter {
+            inner: self.inner.to_device(device),
+            remaining: self.remaining.clone(),
+            interrupter: self.interrupter.clone(),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> std::sync::Arc<dyn DataLoader<B, O>> {
+        std::sync::Arc::new(StopAfter {
+            inner: self.inner.slice(start, end),
+            remaining: self.remaining.clone(),
+            interrupter: self.interrupter.clone(),
+        })
+    }
 }
