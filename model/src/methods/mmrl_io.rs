@@ -22,8 +22,9 @@ use burn::module::ParamId;
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, TensorSnapshot};
 
+use super::checkpoint::{read_state_dict, save_f32_safetensors};
 use super::mmrl::{Mmrl, MmrlConfig};
-use crate::clip::loader::{convert, read_tensors, transpose, Op};
+use crate::clip::loader::{convert, transpose, Op};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 
@@ -47,18 +48,11 @@ pub struct MmrlCheckpoint {
 /// Reads the trainable MMRL tensors of a reference Dassl checkpoint or of one
 /// of ours; K, d_r and the number of injected layers come from the shapes.
 pub fn read_mmrl_checkpoint(path: &Path) -> Result<MmrlCheckpoint> {
-    let all = read_tensors(path)?;
     // Dassl checkpoints keep the model under `state_dict`, next to the
     // optimizer and scheduler states.
-    let tensors: BTreeMap<String, TensorSnapshot> = all
+    let tensors: BTreeMap<String, TensorSnapshot> = read_state_dict(path)?
         .into_iter()
-        .filter_map(|(k, v)| {
-            let k = k
-                .strip_prefix("state_dict.")
-                .map(str::to_string)
-                .unwrap_or(k);
-            (k.starts_with(PREFIX) || k == PROJ_REP).then_some((k, v))
-        })
+        .filter(|(k, _)| k.starts_with(PREFIX) || k == PROJ_REP)
         .collect();
     let r = tensors.get(R).ok_or_else(|| Error::MissingTensor {
         path: path.into(),
@@ -269,29 +263,5 @@ pub fn mmrl_state<B: Backend>(model: &Mmrl<B>) -> Vec<(String, Vec<usize>, Vec<f
 /// Saves the trainable tensors as safetensors under the reference names,
 /// atomically (a temporary file renamed into place).
 pub fn save_mmrl_safetensors<B: Backend>(model: &Mmrl<B>, path: &Path) -> Result<()> {
-    let state = mmrl_state(model);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = state
-        .into_iter()
-        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-        .iter()
-        .map(|(k, s, d)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::WeightsFormat {
-                    path: path.into(),
-                    msg: e.to_string(),
-                })
-        })
-        .collect::<Result<_>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| Error::WeightsFormat {
-        path: tmp.clone(),
-        msg: e.to_string(),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| Error::Io {
-        path: path.into(),
-        source,
-    })
+    save_f32_safetensors(path, mmrl_state(model))
 }
