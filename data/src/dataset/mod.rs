@@ -162,13 +162,15 @@ impl Splits {
         let mut names: BTreeMap<usize, &str> = BTreeMap::new();
         for it in self.train.iter().chain(&self.val).chain(&self.test) {
             match names.get(&it.label) {
-                Some(n) if *n != it.class => return Err(Error::dataset(
-                    &self.image_dir,
-                    format!(
+                Some(n) if *n != it.class => {
+                    return Err(Error::dataset(
+                        &self.image_dir,
+                        format!(
                         "label {} is named both {n:?} and {:?} (in {}); one label, one class name",
                         it.label, it.class, self.source
                     ),
-                )),
+                    ))
+                }
                 _ => {
                     names.insert(it.label, &it.class);
                 }
