@@ -798,3 +798,43 @@ impl<B: Backend, O: 'static> DataLoader<B, O> for StopAfter<B, O> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_config_parses_and_sets_and_round_trips() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for sub in std::fs::read_dir(&dir).unwrap() {
+            for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+                let p = f.unwrap().path();
+                let c = TrainConfig::from_toml(&std::fs::read_to_string(&p).unwrap(), &p)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(TrainConfig::from_toml(&c.to_toml(), &p).unwrap(), c);
+                n += 1;
+            }
+        }
+        assert!(n >= 4);
+        let mut c = TrainConfig::default();
+        c.set("mmrl.reg_weight=0.2").unwrap();
+        c.set("seeds=[4,5]").unwrap();
+        c.set("template=a photo of a {}.").unwrap();
+        assert_eq!(c.mmrl.reg_weight, Some(0.2));
+        assert_eq!(c.seeds, vec![4, 5]);
+        assert_eq!(c.template, "a photo of a {}.");
+        assert_eq!(c.mmrl_config("EuroSAT").rep_dim, 2048);
+        assert_eq!(c.mmrl_config("EuroSAT").reg_weight, 0.2);
+        let e = c.set("epochs=ten").unwrap_err().to_string();
+        assert!(e.contains("epochs"), "{e}");
+        assert!(TrainConfig::from_toml("nope = 1", Path::new("x.toml")).unwrap_err().to_string().contains("nope"));
+    }
+
+    #[test]
+    fn mean_std_and_hm_are_the_papers() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert!((m - 2.0).abs() < 1e-12 && (s - (2.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert!((harmonic_mean(80.0, 70.0) - 2.0 * 80.0 * 70.0 / 150.0).abs() < 1e-12);
+    }
+}
