@@ -18,7 +18,7 @@ use crate::data_cmd::DatasetArgs;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// zeroshot or mmrl.
+    /// zeroshot, coop or mmrl (default: the config's, else mmrl).
     #[arg(long, value_parser = parse_method)]
     pub method: Option<MethodKind>,
     #[command(flatten)]
@@ -66,7 +66,8 @@ fn parse_method(s: &str) -> std::result::Result<MethodKind, String> {
     match s {
         "zeroshot" => Ok(MethodKind::Zeroshot),
         "mmrl" => Ok(MethodKind::Mmrl),
-        _ => Err(format!("unknown method {s:?}: zeroshot or mmrl")),
+        "coop" => Ok(MethodKind::Coop),
+        _ => Err(format!("unknown method {s:?}: zeroshot, coop or mmrl")),
     }
 }
 
@@ -86,7 +87,7 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             TrainConfig::from_toml(&text, p)?
         }
-        None => TrainConfig::default(),
+        None => TrainConfig::defaults_for(a.method.unwrap_or(MethodKind::Mmrl)),
     };
     if let Some(m) = a.method {
         cfg.method = m;

@@ -192,3 +192,55 @@ fn bad_training_arguments_are_clear_errors() {
     ]);
     assert_clean_failure(&o, &["no_such_key"]);
 }
+
+#[test]
+fn coop_and_zero_shot_run_through_the_same_trainer_and_reports() {
+    let tmp = TempDir::new("train-coop");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let clip = clip_fixture("tiny_hf");
+    for (method, extra) in [
+        ("coop", vec!["--set", "coop.n_ctx=4"]),
+        ("zeroshot", vec![]),
+    ] {
+        let out = tmp.path().join(method);
+        let mut args = vec![
+            "train",
+            "--method",
+            method,
+            "--dataset",
+            "folder",
+            "--root",
+            root.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--shots",
+            "2",
+            "--seeds",
+            "1,2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = mmrl(&args);
+        assert!(
+            o.status.success(),
+            "{method}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        assert_eq!(r["method"], method);
+        assert_eq!(r["seeds"].as_array().unwrap().len(), 2);
+        assert!(r["mean"]["hm"].is_number());
+    }
+    let ckpt = std::fs::read(tmp.path().join("coop/seed1/coop.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&ckpt).unwrap();
+    assert_eq!(st.names(), vec!["prompt_learner.ctx"]);
+    assert_eq!(st.tensor("prompt_learner.ctx").unwrap().shape(), &[4, 64]);
+}

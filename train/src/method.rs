@@ -15,6 +15,7 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use mmrl_data::loader::{ImageBatch, ImageLoader};
 use mmrl_data::{ClipTokenizer, TokenBatch};
 use mmrl_model::clip::Clip;
+use mmrl_model::methods::coop::{coop_class_name, Coop, CoopConfig, CoopPrompts};
 use mmrl_model::methods::mmrl::Mmrl;
 use mmrl_model::Frozen;
 
@@ -28,6 +29,8 @@ use crate::Result;
 pub enum MethodKind {
     /// CLIP with hand-written prompts; nothing is trained.
     Zeroshot,
+    /// CoOp (IJCV 2022): learned context vectors in the text prompt.
+    Coop,
     /// MMRL (CVPR 2025).
     Mmrl,
 }
@@ -36,6 +39,7 @@ impl MethodKind {
     pub fn name(self) -> &'static str {
         match self {
             MethodKind::Zeroshot => "zeroshot",
+            MethodKind::Coop => "coop",
             MethodKind::Mmrl => "mmrl",
         }
     }
@@ -224,4 +228,106 @@ pub fn evaluate_zeroshot<B: Backend>(
     evaluate(loader, |images| {
         clip.logits(clip.encode_image(images), text_features.clone())
     })
+}
+
+/// CoOp's class prompts as host data (`"X X … X name."` tokenised, trimmed
+/// after the longest end token, with each name's token count).
+#[derive(Debug, Clone)]
+pub struct PromptIds {
+    pub ids: Vec<i64>,
+    pub rows: usize,
+    pub seq: usize,
+    pub eot: Vec<i64>,
+    pub name_lens: Vec<usize>,
+}
+
+impl PromptIds {
+    /// Tokenises CoOp's prompts for `classes`.
+    pub fn new(cfg: &CoopConfig, tokenizer: &ClipTokenizer, classes: &[String]) -> Result<Self> {
+        crate::zeroshot::check_classes("{}", classes)?;
+        let batch = tokenizer.encode_batch(&cfg.prompts(classes))?.trimmed();
+        let name_lens = classes
+            .iter()
+            .map(|c| Ok(tokenizer.encode(&coop_class_name(c))?.len() - 2))
+            .collect::<Result<Vec<usize>>>()?;
+        Ok(PromptIds {
+            ids: batch.ids,
+            rows: batch.rows,
+            seq: batch.context,
+            eot: batch.eot,
+            name_lens,
+        })
+    }
+
+    /// As tensors on `device`.
+    pub fn tensors<B: Backend>(&self, device: &B::Device) -> CoopPrompts<B> {
+        CoopPrompts::new(
+            &self.ids,
+            self.rows,
+            self.seq,
+            &self.eot,
+            self.name_lens.clone(),
+            device,
+        )
+        .expect("prompt ids are consistent by construction")
+    }
+}
+
+/// CoOp ready to train on one class set.
+#[derive(Module, Debug)]
+pub struct CoopTrainee<B: Backend> {
+    pub model: Coop<B>,
+    #[module(skip)]
+    pub prompts: PromptIds,
+}
+
+fn coop_device<B: Backend>(model: &Coop<B>) -> B::Device {
+    model.devices()[0].clone()
+}
+
+impl<B: AutodiffBackend> TrainStep for CoopTrainee<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> TrainOutput<ClassificationOutput<B>> {
+        let prompts = self.prompts.tensors::<B>(&coop_device(&self.model));
+        let image = self.model.image_features_frozen(batch.images);
+        let text = self.model.text_features(&prompts);
+        let logits = self.model.logits_from_features(image, text);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), batch.labels.clone());
+        let grads = loss.backward();
+        TrainOutput::new(
+            self,
+            grads,
+            ClassificationOutput::new(loss, logits, batch.labels),
+        )
+    }
+}
+
+impl<B: Backend> InferenceStep for CoopTrainee<B> {
+    type Input = ImageBatch<B>;
+    type Output = ClassificationOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> ClassificationOutput<B> {
+        let prompts = self.prompts.tensors::<B>(&coop_device(&self.model));
+        let text = self.model.text_features(&prompts);
+        let logits = self.model.logits(batch.images, text);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.clone(), batch.labels.clone());
+        ClassificationOutput::new(loss, logits, batch.labels)
+    }
+}
+
+/// CoOp's accuracy on a class set (a class-specific context must have been
+/// trained on this class set).
+pub fn evaluate_coop<B: Backend>(
+    model: &Coop<B>,
+    prompts: &PromptIds,
+    loader: &ImageLoader<B>,
+) -> Result<Tally> {
+    let text = model.text_features(&prompts.tensors::<B>(&coop_device(model)));
+    evaluate(loader, |images| model.logits(images, text.clone()))
 }

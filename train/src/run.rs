@@ -6,28 +6,33 @@ use std::path::{Path, PathBuf};
 
 use burn::data::dataloader::DataLoader;
 use burn::module::AutodiffModule;
-use burn::optim::AdamWConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, SgdConfig};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::{ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainStep};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use mmrl_data::augment::TrainTransform;
 use mmrl_data::dataset::{self, split_file, Item, Prepared, Request, Source};
 use mmrl_data::few_shot::Subsample;
-use mmrl_data::loader::{ImageLoader, LoaderMode, Sample};
+use mmrl_data::loader::{ImageBatch, ImageLoader, LoaderMode, Sample};
 use mmrl_data::preprocess::PreprocessConfig;
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::Clip;
+use mmrl_model::methods::coop::CoopConfig;
+use mmrl_model::methods::coop_io::coop_state;
 use mmrl_model::methods::mmrl::MmrlConfig;
 use mmrl_model::methods::mmrl_io::mmrl_state;
 use mmrl_model::Frozen;
 
 use crate::method::{
-    class_text, evaluate_mmrl, evaluate_zeroshot, ClassText, Head, MethodKind, MmrlTrainee,
+    class_text, evaluate_coop, evaluate_mmrl, evaluate_zeroshot, ClassText, CoopTrainee, Head,
+    MethodKind, MmrlTrainee, PromptIds,
 };
 use crate::renderer::EpochLines;
 use crate::schedule::DasslSchedule;
@@ -59,7 +64,10 @@ pub struct TrainConfig {
     /// AdamW (Dassl: betas 0.9/0.999, eps 1e-8 as PyTorch).
     pub lr: f64,
     pub weight_decay: f64,
+    /// AdamW's epsilon (MMRL).
     pub eps: f64,
+    /// SGD momentum (CoOp; dampening 0 as PyTorch).
+    pub momentum: f64,
     pub warmup_epochs: usize,
     pub warmup_lr: f64,
     /// RandomResizedCrop's scale range.
@@ -72,6 +80,8 @@ pub struct TrainConfig {
     pub template: String,
     /// MMRL's settings; `reg_weight`/`rep_dim` default per dataset.
     pub mmrl: MmrlSection,
+    /// CoOp's settings.
+    pub coop: CoopConfig,
 }
 
 /// `[mmrl]`: unset values take the reference's per-dataset defaults.
@@ -98,6 +108,7 @@ impl Default for TrainConfig {
             lr: 1e-3,
             weight_decay: 5e-4,
             eps: 1e-8,
+            momentum: 0.9,
             warmup_epochs: 1,
             warmup_lr: 1e-5,
             crop_scale: (0.5, 1.0),
@@ -105,6 +116,33 @@ impl Default for TrainConfig {
             cache_images: true,
             template: String::new(),
             mmrl: MmrlSection::default(),
+            coop: CoopConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The reference settings of `method` when no config file is given:
+    /// MMRL's `vit_b16.yaml`, CoOp's `vit_b16.yaml` (16 shots), zero-shot.
+    pub fn defaults_for(method: MethodKind) -> Self {
+        let base = TrainConfig {
+            method,
+            ..TrainConfig::default()
+        };
+        match method {
+            MethodKind::Mmrl => base,
+            MethodKind::Coop => TrainConfig {
+                epochs: 200,
+                batch_size: 32,
+                test_batch_size: 100,
+                lr: 0.002,
+                crop_scale: (0.08, 1.0),
+                ..base
+            },
+            MethodKind::Zeroshot => TrainConfig {
+                test_batch_size: 100,
+                ..base
+            },
         }
     }
 }
@@ -476,94 +514,29 @@ fn run_seed<B: AutodiffBackend>(
                 text: Frozen::new(ClassText::from_inner(text)),
                 reg_weight: mcfg.reg_weight,
             };
-            let ckpt_dir = dir.join("train").join("checkpoint");
-            let resume_from = if paths.resume {
-                last_checkpoint(&ckpt_dir)
-            } else {
-                None
-            };
-            if let Some(n) = resume_from {
-                println!(
-                    "seed {seed}: resuming after epoch {n} ({})",
-                    ckpt_dir.display()
-                );
-            }
-            let train_loader = ImageLoader::<B>::new(
-                samples(&train_data.train),
-                LoaderMode::Train {
-                    transform: TrainTransform {
-                        scale: cfg.crop_scale,
-                        ..TrainTransform::mmrl(pre.crop_size)
-                    },
-                    seed,
-                },
-                cfg.batch_size,
-                cfg.workers,
-                device.clone(),
-            )
-            .with_cache(cfg.cache_images)
-            .with_start_epoch(resume_from.unwrap_or(0) as u64);
-            let iters = train_loader.batch_indices(0).len();
-            let valid_loader = eval_loader(&train_data.val);
             let optim = AdamWConfig::new()
                 .with_beta_1(0.9)
                 .with_beta_2(0.999)
                 .with_epsilon(cfg.eps as f32)
                 .with_weight_decay(cfg.weight_decay as f32)
                 .init();
-            let sched = DasslSchedule {
-                base_lr: cfg.lr,
-                epochs: cfg.epochs,
-                warmup_epochs: cfg.warmup_epochs,
-                warmup_lr: cfg.warmup_lr,
-                iters_per_epoch: iters,
-                step: 0,
+            let fit = Fit {
+                cfg,
+                paths,
+                dir,
+                seed,
+                pre,
+                data: &train_data,
+                eval_workers: cfg.workers,
             };
-            let mut train_arc: std::sync::Arc<dyn DataLoader<B, _>> =
-                std::sync::Arc::new(train_loader.clone());
-            let valid_arc: std::sync::Arc<dyn DataLoader<B::InnerBackend, _>> =
-                std::sync::Arc::new(valid_loader);
-            let interrupter = burn::train::Interrupter::new();
-            if let Some(n) = paths.interrupt_after_epoch {
-                let remaining = n.saturating_sub(resume_from.unwrap_or(0));
-                train_arc = std::sync::Arc::new(StopAfter {
-                    inner: train_arc,
-                    remaining: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(remaining)),
-                    interrupter: interrupter.clone(),
-                });
-            }
-            let mut training = SupervisedTraining::new(dir.join("train"), train_arc, valid_arc)
-                .with_interrupter(interrupter.clone())
-                .metrics((AccuracyMetric::new(), LossMetric::new()))
-                .metric_train_numeric(LearningRateMetric::new())
-                // Full precision, so that a resumed run continues bit for bit.
-                .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
-                .num_epochs(cfg.epochs)
-                .with_application_logger(None);
-            if let Some(n) = resume_from {
-                training = training.checkpoint(n);
-            }
-            let renderer = EpochLines::new(format!("seed {seed}"));
-            let result = training
-                .renderer(renderer)
-                .launch(Learner::new(trainee, optim, sched));
-            if interrupter.should_stop() {
-                return Err(Error::Config {
-                    path: dir.join("train"),
-                    msg: "training was interrupted; run the same command with --resume to continue"
-                        .into(),
-                });
-            }
-            if let Some(e) = train_loader.take_error() {
-                return Err(e.into());
-            }
-            let trained = result.model;
+            let trained = fit.run::<B, _, _>(trainee, optim, device)?;
             train_accuracy = last_train_accuracy(&dir.join("train"), cfg.epochs);
             save_checkpoint(
-                &trained.model,
+                "mmrl",
+                mmrl_state(&trained.model),
                 &dir.join("mmrl.safetensors"),
                 cfg,
-                &mcfg,
+                serde_json::to_string(&mcfg).unwrap(),
                 hash,
                 &train_data.dataset,
             )?;
@@ -583,6 +556,69 @@ fn run_seed<B: AutodiffBackend>(
                 accs.push(
                     evaluate_mmrl(&trained.model, &text, *head, &eval_loader(&data.test))?
                         .accuracy(),
+                );
+            }
+        }
+        MethodKind::Coop => {
+            B::seed(device, seed);
+            let ccfg = cfg.coop.clone();
+            ccfg.validate().map_err(|msg| Error::Config {
+                path: "[coop]".into(),
+                msg,
+            })?;
+            let prompts = PromptIds::new(&ccfg, tokenizer, &train_data.classes)?;
+            let clip_ad: Clip<B> = Clip::from_inner(clip.clone());
+            let model = ccfg
+                .init(clip_ad, &prompts.tensors::<B>(device), device)
+                .map_err(|msg| Error::Config {
+                    path: "[coop]".into(),
+                    msg,
+                })?;
+            let trainee = CoopTrainee { model, prompts };
+            let optim = SgdConfig::new()
+                .with_momentum(Some(
+                    MomentumConfig::new()
+                        .with_momentum(cfg.momentum)
+                        .with_dampening(0.0)
+                        .with_nesterov(false),
+                ))
+                .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)))
+                .init();
+            let fit = Fit {
+                cfg,
+                paths,
+                dir,
+                seed,
+                pre,
+                data: &train_data,
+                eval_workers: cfg.workers,
+            };
+            let trained = fit.run::<B, _, _>(trainee, optim, device)?;
+            train_accuracy = last_train_accuracy(&dir.join("train"), cfg.epochs);
+            save_checkpoint(
+                "coop",
+                coop_state(&trained.model),
+                &dir.join("coop.safetensors"),
+                cfg,
+                serde_json::to_string(&ccfg).unwrap(),
+                hash,
+                &train_data.dataset,
+            )?;
+            for (sub, _) in &test_subs {
+                let data = if *sub == train_sub {
+                    train_data.clone()
+                } else {
+                    prepare(paths, cfg, seed, *sub)?
+                };
+                if ccfg.class_specific() && *sub != train_sub {
+                    return Err(Error::Config {
+                        path: "[coop]".into(),
+                        msg: "a class-specific context (csc = true) cannot score unseen classes; use csc = false for base-to-novel".into(),
+                    });
+                }
+                let prompts = PromptIds::new(&ccfg, tokenizer, &data.classes)?;
+                accs.push(
+                    evaluate_coop(&trained.model, &prompts, &eval_loader(&data.test))?.accuracy(),
                 );
             }
         }
@@ -611,6 +647,120 @@ fn run_seed<B: AutodiffBackend>(
     })
 }
 
+/// What Burn's Learner needs for one seed: loaders, schedule, checkpoints,
+/// resume, the per-epoch display.
+struct Fit<'a> {
+    cfg: &'a TrainConfig,
+    paths: &'a RunPaths,
+    dir: &'a Path,
+    seed: u64,
+    pre: &'a PreprocessConfig,
+    data: &'a Prepared,
+    eval_workers: usize,
+}
+
+impl Fit<'_> {
+    fn run<B, M, O>(&self, trainee: M, optim: O, device: &B::Device) -> Result<M::InnerModule>
+    where
+        B: AutodiffBackend,
+        M: TrainStep<Input = ImageBatch<B>, Output = ClassificationOutput<B>>
+            + AutodiffModule<B>
+            + std::fmt::Display
+            + 'static,
+        M::InnerModule: InferenceStep<
+            Input = ImageBatch<B::InnerBackend>,
+            Output = ClassificationOutput<B::InnerBackend>,
+        >,
+        O: burn::optim::Optimizer<M, B> + 'static,
+    {
+        let (cfg, seed, dir) = (self.cfg, self.seed, self.dir);
+        let ckpt_dir = dir.join("train").join("checkpoint");
+        let resume_from = if self.paths.resume {
+            last_checkpoint(&ckpt_dir)
+        } else {
+            None
+        };
+        if let Some(n) = resume_from {
+            println!(
+                "seed {seed}: resuming after epoch {n} ({})",
+                ckpt_dir.display()
+            );
+        }
+        let train_loader = ImageLoader::<B>::new(
+            samples(&self.data.train),
+            LoaderMode::Train {
+                transform: TrainTransform {
+                    scale: cfg.crop_scale,
+                    ..TrainTransform::mmrl(self.pre.crop_size)
+                },
+                seed,
+            },
+            cfg.batch_size,
+            cfg.workers,
+            device.clone(),
+        )
+        .with_cache(cfg.cache_images)
+        .with_start_epoch(resume_from.unwrap_or(0) as u64);
+        let iters = train_loader.batch_indices(0).len();
+        let valid_loader = ImageLoader::<B::InnerBackend>::new(
+            samples(&self.data.val),
+            LoaderMode::Eval {
+                config: self.pre.clone(),
+            },
+            cfg.test_batch_size,
+            self.eval_workers,
+            device.clone().into(),
+        );
+        let sched = DasslSchedule {
+            base_lr: cfg.lr,
+            epochs: cfg.epochs,
+            warmup_epochs: cfg.warmup_epochs,
+            warmup_lr: cfg.warmup_lr,
+            iters_per_epoch: iters,
+            step: 0,
+        };
+        let mut train_arc: std::sync::Arc<dyn DataLoader<B, ImageBatch<B>>> =
+            std::sync::Arc::new(train_loader.clone());
+        let valid_arc: std::sync::Arc<
+            dyn DataLoader<B::InnerBackend, ImageBatch<B::InnerBackend>>,
+        > = std::sync::Arc::new(valid_loader);
+        let interrupter = burn::train::Interrupter::new();
+        if let Some(n) = self.paths.interrupt_after_epoch {
+            let remaining = n.saturating_sub(resume_from.unwrap_or(0));
+            train_arc = std::sync::Arc::new(StopAfter {
+                inner: train_arc,
+                remaining: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(remaining)),
+                interrupter: interrupter.clone(),
+            });
+        }
+        let mut training = SupervisedTraining::new(dir.join("train"), train_arc, valid_arc)
+            .with_interrupter(interrupter.clone())
+            .metrics((AccuracyMetric::new(), LossMetric::new()))
+            .metric_train_numeric(LearningRateMetric::new())
+            // Full precision, so that a resumed run continues bit for bit.
+            .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+            .num_epochs(cfg.epochs)
+            .with_application_logger(None);
+        if let Some(n) = resume_from {
+            training = training.checkpoint(n);
+        }
+        let result = training
+            .renderer(EpochLines::new(format!("seed {seed}")))
+            .launch(Learner::new(trainee, optim, sched));
+        if interrupter.should_stop() {
+            return Err(Error::Config {
+                path: dir.join("train"),
+                msg: "training was interrupted; run the same command with --resume to continue"
+                    .into(),
+            });
+        }
+        if let Some(e) = train_loader.take_error() {
+            return Err(e.into());
+        }
+        Ok(result.model)
+    }
+}
+
 /// The last epoch's mean training accuracy from Burn's metric log.
 fn last_train_accuracy(dir: &Path, epoch: usize) -> Option<f64> {
     let text =
@@ -623,16 +773,18 @@ fn last_train_accuracy(dir: &Path, epoch: usize) -> Option<f64> {
 }
 
 /// Trained parameters only, in the reference's names and PyTorch layouts,
-/// with the resolved config and the CLIP weights' hash in the header.
-fn save_checkpoint<B: Backend>(
-    model: &mmrl_model::methods::mmrl::Mmrl<B>,
+/// with the method's and the run's configs and the CLIP weights' hash in
+/// the header.
+#[allow(clippy::too_many_arguments)]
+fn save_checkpoint(
+    method: &str,
+    state: Vec<(String, Vec<usize>, Vec<f32>)>,
     path: &Path,
     cfg: &TrainConfig,
-    mcfg: &MmrlConfig,
+    method_config: String,
     hash: &str,
     dataset: &str,
 ) -> Result<()> {
-    let state = mmrl_state(model);
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = state
         .iter()
         .map(|(name, shape, data)| {
@@ -646,13 +798,10 @@ fn save_checkpoint<B: Backend>(
         .collect();
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "mmrl".to_string());
-    meta.insert("method".to_string(), "mmrl".to_string());
+    meta.insert("method".to_string(), method.to_string());
     meta.insert("dataset".to_string(), dataset.to_string());
     meta.insert("clip_sha256".to_string(), hash.to_string());
-    meta.insert(
-        "mmrl_config".to_string(),
-        serde_json::to_string(mcfg).unwrap(),
-    );
+    meta.insert(format!("{method}_config"), method_config);
     meta.insert("train_config".to_string(), cfg.to_toml());
     let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::Config {
         path: path.into(),
@@ -828,7 +977,10 @@ mod tests {
         assert_eq!(c.mmrl_config("EuroSAT").reg_weight, 0.2);
         let e = c.set("epochs=ten").unwrap_err().to_string();
         assert!(e.contains("epochs"), "{e}");
-        assert!(TrainConfig::from_toml("nope = 1", Path::new("x.toml")).unwrap_err().to_string().contains("nope"));
+        assert!(TrainConfig::from_toml("nope = 1", Path::new("x.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("nope"));
     }
 
     #[test]
