@@ -41,6 +41,8 @@ pub enum Command {
 pub enum Method {
     /// MMRL (CVPR 2025).
     Mmrl,
+    /// CoOp (IJCV 2022).
+    Coop,
 }
 
 /// What every classifying command takes: weights, images, classes, output.
@@ -87,7 +89,7 @@ pub struct ZeroshotArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub common: ClassifyArgs,
-    /// The method the checkpoint belongs to.
+    /// The method the checkpoint belongs to (mmrl, coop).
     #[arg(long, value_enum, default_value_t = Method::Mmrl)]
     pub method: Method,
     /// The method's checkpoint: the reference's `model.pth.tar-N` or one saved by mmrl.
@@ -99,9 +101,18 @@ pub struct PredictArgs {
     /// Injected layers, 1-based (default: the checkpoint's count, ending at the last layer).
     #[arg(long, value_delimiter = ',')]
     pub rep_layers: Option<Vec<usize>>,
+    /// CoOp: where the class name goes in the prompt (end, middle, front), as trained.
+    #[arg(long, default_value = "end", value_parser = parse_position)]
+    pub class_token_position: mmrl_model::methods::coop::ClassTokenPosition,
     /// Weight of the class head in fused (base-class) inference.
     #[arg(long, default_value_t = 0.7)]
     pub alpha: f64,
+}
+
+fn parse_position(
+    s: &str,
+) -> std::result::Result<mmrl_model::methods::coop::ClassTokenPosition, String> {
+    s.parse().map_err(|e| format!("{e:?}"))
 }
 
 /// Runs a parsed command line.
@@ -357,6 +368,43 @@ fn predict_cmd<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<()>
         tokenizer,
         pre,
     } = setup::<B>(common, device)?;
+    if let Some(m) = mmrl_train::run::check_checkpoint(&args.checkpoint, &common.clip)? {
+        let want = match args.method {
+            Method::Mmrl => "mmrl",
+            Method::Coop => "coop",
+        };
+        if m != want {
+            bail!(
+                "{} is a {m} checkpoint; pass --method {m}",
+                args.checkpoint.display()
+            );
+        }
+    }
+    if args.method == Method::Coop {
+        let model = mmrl_model::methods::coop_io::load_coop(
+            &args.checkpoint,
+            clip.model,
+            args.class_token_position,
+            device,
+        )
+        .with_context(|| format!("loading the CoOp checkpoint {}", args.checkpoint.display()))?;
+        let cfg = mmrl_model::methods::coop::CoopConfig {
+            n_ctx: model.n_ctx(),
+            class_token_position: args.class_token_position,
+            ..Default::default()
+        };
+        let prompts = mmrl_train::method::PromptIds::new(&cfg, &tokenizer, &classes)?;
+        let text = model.text_features(&prompts.tensors::<B>(device));
+        let results = classify_images(
+            &images,
+            &pre,
+            common.batch_size,
+            &classes,
+            device,
+            |batch| Ok((model.logits(batch, text.clone()), None)),
+        )?;
+        return print_results(common.json, classes, results);
+    }
     let model = load_mmrl(
         &args.checkpoint,
         clip.model,

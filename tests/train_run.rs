@@ -243,4 +243,72 @@ fn coop_and_zero_shot_run_through_the_same_trainer_and_reports() {
     let st = safetensors::SafeTensors::deserialize(&ckpt).unwrap();
     assert_eq!(st.names(), vec!["prompt_learner.ctx"]);
     assert_eq!(st.tensor("prompt_learner.ctx").unwrap().shape(), &[4, 64]);
+
+    // `mmrl predict` classifies images with the trained checkpoints.
+    let img = root.join("class_0/0.png");
+    let coop = tmp.path().join("coop/seed1/coop.safetensors");
+    let o = mmrl(&[
+        "predict",
+        "--method",
+        "coop",
+        "--checkpoint",
+        coop.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+        "--classes",
+        "class_0,class_1,class_2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["results"][0]["logits"].as_array().unwrap().len(), 3);
+    // The wrong method, other CLIP weights, a truncated file: clear errors.
+    let o = mmrl(&[
+        "predict",
+        "--method",
+        "mmrl",
+        "--checkpoint",
+        coop.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+        "--classes",
+        "a,b",
+    ]);
+    assert_clean_failure(&o, &["coop checkpoint", "--method coop"]);
+    let other = clip_fixture("tiny_openai.safetensors");
+    let o = mmrl(&[
+        "predict",
+        "--method",
+        "coop",
+        "--checkpoint",
+        coop.to_str().unwrap(),
+        "--clip",
+        other.to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+        "--classes",
+        "a,b",
+    ]);
+    assert_clean_failure(&o, &["other CLIP weights", "tiny_openai.safetensors"]);
+    let bytes = std::fs::read(&coop).unwrap();
+    let cut = tmp.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let o = mmrl(&[
+        "predict",
+        "--method",
+        "coop",
+        "--checkpoint",
+        cut.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--images",
+        img.to_str().unwrap(),
+        "--classes",
+        "a,b",
+    ]);
+    assert_clean_failure(&o, &["cut.safetensors"]);
 }

@@ -308,6 +308,41 @@ pub fn clip_hash(path: &Path) -> Result<String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// Checks a checkpoint before it is used: it must parse, and when it was
+/// written by `mmrl train` it must belong to the CLIP weights given (by
+/// their SHA-256). Returns the method recorded in it, if any.
+pub fn check_checkpoint(checkpoint: &Path, clip: &Path) -> Result<Option<String>> {
+    let is_st = checkpoint.extension().is_some_and(|e| e == "safetensors");
+    if !is_st {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(checkpoint).map_err(|e| mmrl_data::Error::io(checkpoint, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::Config {
+        path: checkpoint.into(),
+        msg: format!(
+            "not a readable safetensors checkpoint ({e}); it may be truncated: use another copy"
+        ),
+    })?;
+    let Some(meta) = meta.metadata() else {
+        return Ok(None);
+    };
+    if let Some(want) = meta.get("clip_sha256").filter(|h| !h.is_empty()) {
+        let have = clip_hash(clip)?;
+        if *want != have {
+            return Err(Error::Config {
+                path: checkpoint.into(),
+                msg: format!(
+                    "was trained on other CLIP weights (sha256 {}…) than {} (sha256 {}…); pass the CLIP weights it was trained with",
+                    &want[..want.len().min(12)],
+                    clip.display(),
+                    &have[..12]
+                ),
+            });
+        }
+    }
+    Ok(meta.get("method").cloned())
+}
+
 fn samples(items: &[Item]) -> Vec<Sample> {
     items
         .iter()
