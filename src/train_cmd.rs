@@ -29,7 +29,7 @@ pub struct TrainArgs {
     /// tokenizer.json or bpe_simple_vocab_16e6.txt.gz (default: next to the weights, else bundled).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// base2novel or fewshot.
+    /// base2novel, fewshot, cross (ImageNet → 10 datasets) or dg (ImageNet → V2, Sketch, A, R).
     #[arg(long, value_parser = parse_protocol)]
     pub protocol: Option<Protocol>,
     /// Images per class.
@@ -75,7 +75,11 @@ fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
     match s {
         "base2novel" | "b2n" => Ok(Protocol::Base2novel),
         "fewshot" | "fs" => Ok(Protocol::Fewshot),
-        _ => Err(format!("unknown protocol {s:?}: base2novel or fewshot")),
+        "cross" | "cd" => Ok(Protocol::Cross),
+        "dg" => Ok(Protocol::Dg),
+        _ => Err(format!(
+            "unknown protocol {s:?}: base2novel, fewshot, cross or dg"
+        )),
     }
 }
 

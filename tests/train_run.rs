@@ -312,3 +312,59 @@ fn coop_and_zero_shot_run_through_the_same_trainer_and_reports() {
     ]);
     assert_clean_failure(&o, &["cut.safetensors"]);
 }
+
+#[test]
+fn cross_dataset_scores_each_target_with_its_own_classes() {
+    let tmp = TempDir::new("train-cross");
+    let root = tmp.path().join("data");
+    make_dataset(&root.join("dtd/images"));
+    // A second benchmark layout: EuroSAT's class folders (split rebuilt and written).
+    for c in ["Forest", "River", "SeaLake"] {
+        make_one_class(&root.join("eurosat/2750").join(c));
+    }
+    let clip = clip_fixture("tiny_hf");
+    let out = tmp.path().join("cross");
+    let o = mmrl(&[
+        "train",
+        "--method",
+        "mmrl",
+        "--dataset",
+        "dtd",
+        "--root",
+        root.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--protocol",
+        "cross",
+        "--shots",
+        "2",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--set",
+        "targets=[\"eurosat\"]",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let s = &r["seeds"][0];
+    for k in ["dtd", "eurosat", "average"] {
+        assert!(s[k].is_number(), "{k}: {s}");
+    }
+    assert_eq!(s["average"], s["eurosat"]);
+    assert!(root.join("eurosat/split_zhou_EuroSAT.json").is_file());
+}
+
+fn make_one_class(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..6u32 {
+        image::RgbImage::from_fn(34 + i, 34, |x, _| image::Rgb([(x * 7) as u8, 90, 160]))
+            .save(dir.join(format!("{i}.png")))
+            .unwrap();
+    }
+}

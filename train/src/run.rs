@@ -47,6 +47,11 @@ pub enum Protocol {
     Base2novel,
     /// Train and test on all classes with K shots.
     Fewshot,
+    /// Train on all classes of the source (ImageNet); test on the source
+    /// and, with their own class names and templates, the 10 other datasets.
+    Cross,
+    /// As `cross`, tested on ImageNet-V2, -Sketch, -A and -R.
+    Dg,
 }
 
 /// Everything that decides a run's numbers: printed at start and saved
@@ -78,6 +83,9 @@ pub struct TrainConfig {
     pub cache_images: bool,
     /// Prompt template; empty: the dataset's (`CUSTOM_TEMPLATES`).
     pub template: String,
+    /// Cross-dataset / domain-generalisation targets (CLI names, under the
+    /// same --root); empty: the protocol's ten / four.
+    pub targets: Vec<String>,
     /// MMRL's settings; `reg_weight`/`rep_dim` default per dataset.
     pub mmrl: MmrlSection,
     /// CoOp's settings.
@@ -115,6 +123,7 @@ impl Default for TrainConfig {
             workers: 2,
             cache_images: true,
             template: String::new(),
+            targets: Vec::new(),
             mmrl: MmrlSection::default(),
             coop: CoopConfig::default(),
         }
@@ -269,6 +278,18 @@ pub struct SeedResult {
     /// Training accuracy stayed near chance.
     #[serde(default)]
     pub diverged: bool,
+    /// Cross-dataset / DG: accuracy per dataset and the targets' `average`.
+    #[serde(flatten)]
+    pub datasets: std::collections::BTreeMap<String, f64>,
+}
+
+/// One evaluation of a seed: a class set of a dataset, scored with a head.
+struct EvalTarget {
+    key: String,
+    /// `None`: the training dataset.
+    dataset: Option<dataset::Benchmark>,
+    sub: Subsample,
+    head: Head,
 }
 
 /// Harmonic mean of base and novel accuracy.
@@ -486,15 +507,59 @@ fn run_seed<B: AutodiffBackend>(
     hash: &str,
     dataset_name: &mut String,
 ) -> Result<SeedResult> {
-    let (train_sub, test_subs): (Subsample, Vec<(Subsample, Head)>) = match cfg.protocol {
+    let own = |key: &str, sub, head| EvalTarget {
+        key: key.into(),
+        dataset: None,
+        sub,
+        head,
+    };
+    let (train_sub, test_subs): (Subsample, Vec<EvalTarget>) = match cfg.protocol {
         Protocol::Base2novel => (
             Subsample::Base,
             vec![
-                (Subsample::Base, Head::Fused),
-                (Subsample::Novel, Head::Class),
+                own("base", Subsample::Base, Head::Fused),
+                own("novel", Subsample::Novel, Head::Class),
             ],
         ),
-        Protocol::Fewshot => (Subsample::All, vec![(Subsample::All, Head::Fused)]),
+        Protocol::Fewshot => (
+            Subsample::All,
+            vec![own("accuracy", Subsample::All, Head::Fused)],
+        ),
+        Protocol::Cross | Protocol::Dg => {
+            let defaults: &[dataset::Benchmark] = if cfg.protocol == Protocol::Cross {
+                &dataset::Benchmark::CROSS_TARGETS
+            } else {
+                &dataset::Benchmark::DG_TARGETS
+            };
+            let targets: Vec<dataset::Benchmark> = if cfg.targets.is_empty() {
+                defaults.to_vec()
+            } else {
+                cfg.targets
+                    .iter()
+                    .map(|t| {
+                        dataset::Benchmark::from_name(t).ok_or_else(|| Error::Config {
+                            path: "targets".into(),
+                            msg: format!(
+                                "unknown dataset {t:?}; known: {}",
+                                dataset::catalog::known_names()
+                            ),
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            };
+            let source_key = match &paths.dataset {
+                Source::Benchmark(b) => b.info().stem.to_string(),
+                _ => "source".into(),
+            };
+            let mut v = vec![own(&source_key, Subsample::All, Head::Fused)];
+            v.extend(targets.into_iter().map(|t| EvalTarget {
+                key: t.info().stem.into(),
+                dataset: Some(t),
+                sub: Subsample::All,
+                head: Head::Class,
+            }));
+            (Subsample::All, v)
+        }
     };
     let train_data = prepare(paths, cfg, seed, train_sub)?;
     *dataset_name = train_data.dataset.clone();
@@ -503,6 +568,24 @@ fn run_seed<B: AutodiffBackend>(
         train_data.template.clone()
     } else {
         cfg.template.clone()
+    };
+    let target_data = |t: &EvalTarget| -> Result<(Prepared, String)> {
+        match t.dataset {
+            None if t.sub == train_sub => Ok((train_data.clone(), template.clone())),
+            None => Ok((prepare(paths, cfg, seed, t.sub)?, template.clone())),
+            Some(b) => {
+                let splits = dataset::read_splits(&Source::Benchmark(b), &paths.root, None, true)?;
+                let req = Request {
+                    shots: 0,
+                    seed,
+                    subsample: Subsample::All,
+                    manifest: None,
+                };
+                let p = dataset::prepare(&splits, &req)?;
+                let tpl = p.template.clone();
+                Ok((p, tpl))
+            }
+        }
     };
     let inner_device = clip.devices()[0].clone();
     let eval_loader = |items: &[Item]| {
@@ -520,14 +603,10 @@ fn run_seed<B: AutodiffBackend>(
     let mut train_accuracy = None;
     match cfg.method {
         MethodKind::Zeroshot => {
-            for (sub, _) in &test_subs {
-                let data = if *sub == train_sub {
-                    train_data.clone()
-                } else {
-                    prepare(paths, cfg, seed, *sub)?
-                };
+            for t in &test_subs {
+                let (data, tpl) = target_data(t)?;
                 let text =
-                    class_text_features(clip, tokenizer, &data.classes, &template, &inner_device)?;
+                    class_text_features(clip, tokenizer, &data.classes, &tpl, &inner_device)?;
                 accs.push(evaluate_zeroshot(clip, text, &eval_loader(&data.test))?.accuracy());
             }
         }
@@ -575,21 +654,17 @@ fn run_seed<B: AutodiffBackend>(
                 hash,
                 &train_data.dataset,
             )?;
-            for (sub, head) in &test_subs {
-                let data = if *sub == train_sub {
-                    train_data.clone()
-                } else {
-                    prepare(paths, cfg, seed, *sub)?
-                };
+            for t in &test_subs {
+                let (data, tpl) = target_data(t)?;
                 let text = class_text(
                     &trained.model,
                     tokenizer,
                     &data.classes,
-                    &template,
+                    &tpl,
                     &inner_device,
                 )?;
                 accs.push(
-                    evaluate_mmrl(&trained.model, &text, *head, &eval_loader(&data.test))?
+                    evaluate_mmrl(&trained.model, &text, t.head, &eval_loader(&data.test))?
                         .accuracy(),
                 );
             }
@@ -639,13 +714,10 @@ fn run_seed<B: AutodiffBackend>(
                 hash,
                 &train_data.dataset,
             )?;
-            for (sub, _) in &test_subs {
-                let data = if *sub == train_sub {
-                    train_data.clone()
-                } else {
-                    prepare(paths, cfg, seed, *sub)?
-                };
-                if ccfg.class_specific() && *sub != train_sub {
+            for t in &test_subs {
+                let (data, tpl) = target_data(t)?;
+                let _ = &tpl; // CoOp's prompts are its learned context plus the name.
+                if ccfg.class_specific() && (t.dataset.is_some() || t.sub != train_sub) {
                     return Err(Error::Config {
                         path: "[coop]".into(),
                         msg: "a class-specific context (csc = true) cannot score unseen classes; use csc = false for base-to-novel".into(),
@@ -660,26 +732,37 @@ fn run_seed<B: AutodiffBackend>(
     }
     let n_classes = train_data.classes.len().max(1) as f64;
     let diverged = train_accuracy.is_some_and(|a| a < 1.5 * 100.0 / n_classes);
-    Ok(match cfg.protocol {
-        Protocol::Base2novel => SeedResult {
-            seed,
-            base: Some(accs[0]),
-            novel: Some(accs[1]),
-            hm: Some(harmonic_mean(accs[0], accs[1])),
-            accuracy: None,
-            train_accuracy,
-            diverged,
-        },
-        Protocol::Fewshot => SeedResult {
-            seed,
-            base: None,
-            novel: None,
-            hm: None,
-            accuracy: Some(accs[0]),
-            train_accuracy,
-            diverged,
-        },
-    })
+    let mut r = SeedResult {
+        seed,
+        base: None,
+        novel: None,
+        hm: None,
+        accuracy: None,
+        train_accuracy,
+        diverged,
+        datasets: Default::default(),
+    };
+    match cfg.protocol {
+        Protocol::Base2novel => {
+            r.base = Some(accs[0]);
+            r.novel = Some(accs[1]);
+            r.hm = Some(harmonic_mean(accs[0], accs[1]));
+        }
+        Protocol::Fewshot => r.accuracy = Some(accs[0]),
+        Protocol::Cross | Protocol::Dg => {
+            for (t, a) in test_subs.iter().zip(&accs) {
+                r.datasets.insert(t.key.clone(), *a);
+            }
+            let targets = &accs[1..];
+            if !targets.is_empty() {
+                r.datasets.insert(
+                    "average".into(),
+                    targets.iter().sum::<f64>() / targets.len() as f64,
+                );
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// What Burn's Learner needs for one seed: loaders, schedule, checkpoints,
@@ -871,6 +954,26 @@ fn summarise(cfg: &TrainConfig, dataset: &str, seeds: Vec<SeedResult>) -> RunRep
                 serde_json::json!({"accuracy": s}),
             )
         }
+        Protocol::Cross | Protocol::Dg => {
+            let keys: Vec<String> = seeds
+                .first()
+                .map(|s| s.datasets.keys().cloned().collect())
+                .unwrap_or_default();
+            let (mut mean, mut std) = (serde_json::Map::new(), serde_json::Map::new());
+            for k in keys {
+                let v: Vec<f64> = seeds
+                    .iter()
+                    .filter_map(|s| s.datasets.get(&k).copied())
+                    .collect();
+                let (m, sd) = mean_std(&v);
+                mean.insert(k.clone(), m.into());
+                std.insert(k, sd.into());
+            }
+            (
+                serde_json::Value::Object(mean),
+                serde_json::Value::Object(std),
+            )
+        }
     };
     RunReport {
         method: cfg.method.name().into(),
@@ -887,16 +990,22 @@ fn summarise(cfg: &TrainConfig, dataset: &str, seeds: Vec<SeedResult>) -> RunRep
 pub fn write_results(dir: &Path, r: &RunReport) -> Result<()> {
     let json = serde_json::to_value(r).unwrap();
     split_file::write_json_atomic(&dir.join("results.json"), &json)?;
-    let cols: Vec<&str> = match r.protocol {
-        Protocol::Base2novel => vec!["base", "novel", "hm"],
-        Protocol::Fewshot => vec!["accuracy"],
+    let cols: Vec<String> = match r.protocol {
+        Protocol::Base2novel => vec!["base".into(), "novel".into(), "hm".into()],
+        Protocol::Fewshot => vec!["accuracy".into()],
+        Protocol::Cross | Protocol::Dg => r
+            .mean
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
     };
     let val = |s: &SeedResult, c: &str| -> f64 {
         match c {
             "base" => s.base,
             "novel" => s.novel,
             "hm" => s.hm,
-            _ => s.accuracy,
+            "accuracy" => s.accuracy,
+            other => s.datasets.get(other).copied(),
         }
         .unwrap_or(f64::NAN)
     };
@@ -932,8 +1041,8 @@ pub fn write_results(dir: &Path, r: &RunReport) -> Result<()> {
     let ms: Vec<String> = cols
         .iter()
         .map(|c| {
-            let m = r.mean[*c].as_f64().unwrap_or(f64::NAN);
-            let s = r.std[*c].as_f64().unwrap_or(f64::NAN);
+            let m = r.mean[c.as_str()].as_f64().unwrap_or(f64::NAN);
+            let s = r.std[c.as_str()].as_f64().unwrap_or(f64::NAN);
             format!("{m:.2} ± {s:.2}")
         })
         .collect();
