@@ -34,6 +34,10 @@ pub enum Command {
     Data(crate::data_cmd::DataCommand),
     /// Train a method on a dataset under a protocol, over seeds.
     Train(crate::train_cmd::TrainArgs),
+    /// Score a trained checkpoint on a dataset's test split.
+    Eval(crate::eval_cmd::EvalArgs),
+    /// Collect the results of several runs into one table.
+    Report(crate::eval_cmd::ReportArgs),
 }
 
 /// Adaptation methods `predict` can run.
@@ -124,6 +128,12 @@ pub fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Data(cmd) => crate::data_cmd::run(cmd),
+        Command::Report(args) => crate::eval_cmd::report_cmd(&args),
+        Command::Eval(args) => {
+            crate::with_backend!(args.device, |B, device| crate::eval_cmd::eval_cmd::<B>(
+                &args, &device
+            ))
+        }
         Command::Train(args) => {
             crate::with_backend!(args.device, |B, device| crate::train_cmd::train_cmd::<B>(
                 &args, &device

@@ -8,4 +8,5 @@ pub use mmrl_train as train;
 pub mod backend;
 pub mod cli;
 pub mod data_cmd;
+pub mod eval_cmd;
 pub mod train_cmd;

@@ -141,6 +141,40 @@ fn base_to_novel_over_two_seeds_writes_results_and_small_checkpoints() {
         ckpt.len()
     );
 
+    // `mmrl eval` on the checkpoint reproduces the run's base and novel accuracy.
+    let clip = clip_fixture("tiny_hf");
+    for (sub, key) in [("base", "base"), ("novel", "novel")] {
+        let o = mmrl(&[
+            "eval",
+            "--checkpoint",
+            out.join("seed1/mmrl.safetensors").to_str().unwrap(),
+            "--dataset",
+            "folder",
+            "--root",
+            root.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--subsample",
+            sub,
+            "--shots",
+            "2",
+            "--seed",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(e["accuracy"], seeds[0][key], "{sub}");
+        assert_eq!(e["classes"], 3);
+    }
+    // `mmrl report` collects runs into one table.
+    let o = mmrl(&["report", tmp.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("| mmrl | data | Base2novel | 2 | 2 |"),
+        "{table}"
+    );
+
     // Same seed, same numbers.
     let again = train(&root, &tmp.path().join("again"), "1");
     let s1 = &again["seeds"][0];
