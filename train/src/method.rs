@@ -331,3 +331,118 @@ pub fn evaluate_coop<B: Backend>(
     let text = model.text_features(&prompts.tensors::<B>(&coop_device(model)));
     evaluate(loader, |images| model.logits(images, text.clone()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::optim::{AdamWConfig, Optimizer};
+    use mmrl_model::clip::ClipConfig;
+    use mmrl_model::methods::mmrl::MmrlConfig;
+
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+
+    fn tiny_clip(device: &burn::tensor::Device<B>) -> Clip<B> {
+        let mut c = ClipConfig::default();
+        c.text_config.hidden_size = 8;
+        c.text_config.intermediate_size = 16;
+        c.text_config.num_hidden_layers = 2;
+        c.text_config.num_attention_heads = 1;
+        c.text_config.vocab_size = 20;
+        c.text_config.max_position_embeddings = 8;
+        c.vision_config.hidden_size = 8;
+        c.vision_config.intermediate_size = 16;
+        c.vision_config.num_hidden_layers = 2;
+        c.vision_config.num_attention_heads = 1;
+        c.vision_config.image_size = 8;
+        c.vision_config.patch_size = 4;
+        c.projection_dim = 4;
+        c.init(device)
+    }
+
+    #[test]
+    fn training_steps_lower_the_loss_and_leave_clip_bit_identical() {
+        let device = Default::default();
+        B::seed(&device, 3);
+        let cfg = MmrlConfig {
+            rep_dim: 6,
+            n_rep_tokens: 2,
+            ..MmrlConfig::default()
+        };
+        let model = cfg.init(tiny_clip(&device), &device);
+        let before = model.clip.0.clone().valid();
+        // Three classes, prompts [SOS, a, b, EOT, pad…].
+        let ids: Vec<i64> = vec![18, 2, 3, 19, 0, 18, 4, 5, 19, 0, 18, 6, 7, 19, 0];
+        let tokens =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [15]), &device).reshape([3, 5]);
+        let eot = Tensor::<B, 1, Int>::from_data(TensorData::new(vec![3i64, 3, 3], [3]), &device);
+        let inner = model.valid();
+        let zs_text = inner
+            .clip
+            .encode_text(tokens.clone().inner(), eot.clone().inner());
+        let lower = inner.text_lower(tokens.clone().inner());
+        let text = ClassText {
+            tokens,
+            eot,
+            zs_text: Tensor::from_inner(zs_text),
+            lower: Tensor::from_inner(lower),
+        };
+        let mut trainee = MmrlTrainee {
+            model,
+            text: Frozen::new(text),
+            reg_weight: 1.0,
+        };
+        let images = Tensor::<B, 4>::random(
+            [6, 3, 8, 8],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let labels = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [6]),
+            &device,
+        );
+        let batch = ImageBatch {
+            images,
+            labels,
+            indices: (0..6).collect(),
+        };
+        let mut optim = AdamWConfig::new()
+            .with_epsilon(1e-8)
+            .with_weight_decay(5e-4)
+            .init();
+        let r0 = trainee
+            .model
+            .representation_learner
+            .compound_rep_tokens
+            .val()
+            .into_data();
+        let mut losses = Vec::new();
+        for _ in 0..30 {
+            let out = TrainStep::step(&trainee, batch.clone());
+            losses.push(out.item.loss.clone().into_scalar().elem::<f32>());
+            trainee = optim.step(1e-2, trainee, out.grads);
+        }
+        assert!(losses[29] < losses[0] * 0.8, "loss falls: {losses:?}");
+        let r1 = trainee
+            .model
+            .representation_learner
+            .compound_rep_tokens
+            .val()
+            .into_data();
+        assert_ne!(r0, r1, "R is trained");
+        let after = trainee.model.clip.0.valid();
+        // The frozen CLIP is bit-identical: compare every weight through its record.
+        let a = burn::record::Record::<<B as AutodiffBackend>::InnerBackend>::into_item::<
+            burn::record::FullPrecisionSettings,
+        >(before.into_record());
+        let b = burn::record::Record::<<B as AutodiffBackend>::InnerBackend>::into_item::<
+            burn::record::FullPrecisionSettings,
+        >(after.into_record());
+        let ja = serde_json::to_string(&a).unwrap();
+        let jb = serde_json::to_string(&b).unwrap();
+        assert_eq!(ja, jb, "CLIP unchanged");
+        assert_eq!(
+            Module::num_params(&trainee),
+            trainee.model.num_trainable_params()
+        );
+    }
+}
