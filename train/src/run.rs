@@ -827,7 +827,7 @@ impl Fit<'_> {
             },
             cfg.test_batch_size,
             self.eval_workers,
-            device.clone().into(),
+            device.clone(),
         );
         let sched = DasslSchedule {
             base_lr: cfg.lr,

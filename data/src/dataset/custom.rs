@@ -302,7 +302,7 @@ pub fn read_csv(file: &Path, classnames: Option<&Path>) -> Result<Splits> {
         // 50/20/30 per class in label order, files sorted, as for folders.
         let mut rng = PyRandom::new(SPLIT_SEED);
         let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
-        for label in 0..classes.len() {
+        for (label, class) in classes.iter().enumerate() {
             let mut group: Vec<Item> = items
                 .iter()
                 .filter(|(i, _)| i.label == label)
@@ -319,7 +319,7 @@ pub fn read_csv(file: &Path, classnames: Option<&Path>) -> Result<Splits> {
             if n_train == 0 || n_val == 0 || n_train + n_val >= n {
                 return Err(Error::dataset(
                     file,
-                    format!("class {:?} has {n} images; a 50/20/30 split needs at least 4 (or add a split column)", classes[label]),
+                    format!("class {:?} has {n} images; a 50/20/30 split needs at least 4 (or add a split column)", class),
                 ));
             }
             for (i, it) in group.into_iter().enumerate() {

@@ -382,13 +382,13 @@ fn known_layout_problems(b: Benchmark, dir: &Path, r: &mut Report) {
         Benchmark::ImageNetV2
         | Benchmark::ImageNetSketch
         | Benchmark::ImageNetA
-        | Benchmark::ImageNetR => {
-            if !dir.join("classnames.txt").is_file() {
-                r.error(
-                    format!("{d}/classnames.txt is missing"),
-                    "copy ImageNet's classnames.txt (CoOp's DATASETS.md) into this folder",
-                );
-            }
+        | Benchmark::ImageNetR
+            if !dir.join("classnames.txt").is_file() =>
+        {
+            r.error(
+                format!("{d}/classnames.txt is missing"),
+                "copy ImageNet's classnames.txt (CoOp's DATASETS.md) into this folder",
+            );
         }
         _ => {}
     }
