@@ -2,7 +2,12 @@
 //!
 //! ```text
 //! mmrl-bench --backend ndarray|flex|wgpu|cuda [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
+//! mmrl-bench --what loader [--workers N] [--cache] [--images 256] [--epochs 3] [--dir DIR]
 //! ```
+//! `--what loader` times the training data pipeline alone (decode, random
+//! resized crop to 224, flip, normalise, batches of 32 as tensors on flex) over
+//! synthetic 500×375 JPEG photos written to `--dir` once (default: a folder in
+//! the system temp dir, kept for `benchmarks/scripts/bench_loader_pytorch.py`).
 //! Prints one JSON object per measurement with the same fields as
 //! `benchmarks/scripts/bench_pytorch.py`, so the two sit side by side in
 //! `benchmarks/RESULTS.md`. Every timed call reads its result back to the
@@ -25,6 +30,11 @@ struct Args {
     prompts: usize,
     preset: String,
     full_context: bool,
+    workers: usize,
+    cache: bool,
+    images: usize,
+    epochs: usize,
+    dir: Option<std::path::PathBuf>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -36,6 +46,11 @@ fn parse() -> Result<Args, String> {
         prompts: 100,
         preset: "ViT-B/16".into(),
         full_context: false,
+        workers: 1,
+        cache: false,
+        images: 256,
+        epochs: 3,
+        dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -48,6 +63,11 @@ fn parse() -> Result<Args, String> {
             "--prompts" => a.prompts = val()?.parse().map_err(|e| format!("--prompts: {e}"))?,
             "--preset" => a.preset = val()?,
             "--full-context" => a.full_context = true,
+            "--workers" => a.workers = val()?.parse().map_err(|e| format!("--workers: {e}"))?,
+            "--cache" => a.cache = true,
+            "--images" => a.images = val()?.parse().map_err(|e| format!("--images: {e}"))?,
+            "--epochs" => a.epochs = val()?.parse().map_err(|e| format!("--epochs: {e}"))?,
+            "--dir" => a.dir = Some(val()?.into()),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -233,6 +253,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if args.what == "loader" {
+        if let Err(e) = loader::run(&args) {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     let result = match args.backend.as_str() {
         "ndarray" => run::<burn::backend::NdArray<f32>>(&args, Default::default()),
         "flex" => run::<burn::backend::Flex>(&args, Default::default()),
@@ -247,5 +274,147 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(2);
+    }
+}
+
+mod loader {
+    //! The training data pipeline alone, on synthetic photos.
+
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    use burn::data::dataloader::DataLoader;
+    use mmrl_data::augment::TrainTransform;
+    use mmrl_data::loader::{ImageLoader, LoaderMode, Sample};
+
+    use super::Args;
+
+    const WIDTH: u32 = 500;
+    const HEIGHT: u32 = 375;
+    const BATCH: usize = 32;
+    const CLASSES: usize = 10;
+
+    /// A 500×375 "photo": smooth colour gradients, a few soft blobs and sensor-like
+    /// noise, different for each `i` (deterministic), so JPEG sizes (~100 kB at
+    /// quality 90) and decode costs are like real photos'.
+    fn photo(i: u32) -> image::RgbImage {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        let mut noise = move || {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as f32 / 255.0 - 0.5) * 24.0
+        };
+        let f = i as f32;
+        let blobs: Vec<(f32, f32, f32, [f32; 3])> = (0..4)
+            .map(|k| {
+                let k = k as f32;
+                (
+                    (0.2 + 0.6 * ((f * 0.37 + k * 0.91).sin() * 0.5 + 0.5)) * WIDTH as f32,
+                    (0.2 + 0.6 * ((f * 0.53 + k * 1.7).cos() * 0.5 + 0.5)) * HEIGHT as f32,
+                    40.0 + 30.0 * k,
+                    [
+                        120.0 * (f + k).sin(),
+                        120.0 * (f * 0.7 + k).cos(),
+                        100.0 * (f * 1.3 - k).sin(),
+                    ],
+                )
+            })
+            .collect();
+        image::RgbImage::from_fn(WIDTH, HEIGHT, |x, y| {
+            let (xf, yf) = (x as f32 / WIDTH as f32, y as f32 / HEIGHT as f32);
+            let mut c = [
+                60.0 + 150.0 * xf + 20.0 * (f * 0.1).sin(),
+                80.0 + 120.0 * yf,
+                170.0 - 100.0 * (xf + yf) * 0.5 + 30.0 * (6.0 * xf + f).sin(),
+            ];
+            for &(bx, by, r, col) in &blobs {
+                let d2 = ((x as f32 - bx).powi(2) + (y as f32 - by).powi(2)) / (r * r);
+                let w = (-d2).exp();
+                for (v, dv) in c.iter_mut().zip(col) {
+                    *v += w * dv;
+                }
+            }
+            let n = noise();
+            image::Rgb(c.map(|v| (v + n).clamp(0.0, 255.0) as u8))
+        })
+    }
+
+    /// The `n` photos in `dir` (written if missing), labels `i % 10`.
+    fn photos(dir: &Path, n: usize) -> Result<Vec<Sample>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut written = 0;
+        let samples = (0..n)
+            .map(|i| {
+                let path = dir.join(format!("photo_{i:05}.jpg"));
+                if !path.exists() {
+                    let file = std::fs::File::create(&path)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(
+                        std::io::BufWriter::new(file),
+                        90,
+                    );
+                    enc.encode_image(&photo(i as u32))
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    written += 1;
+                }
+                Ok(Sample {
+                    path,
+                    label: i % CLASSES,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if written > 0 {
+            eprintln!("wrote {written} photos to {}", dir.display());
+        }
+        Ok(samples)
+    }
+
+    pub fn run(args: &Args) -> Result<(), String> {
+        type B = burn::backend::Flex;
+        let dir: PathBuf = args
+            .dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("mmrl-bench-loader"));
+        let samples = photos(&dir, args.images)?;
+        let bytes: u64 = samples
+            .iter()
+            .filter_map(|s| std::fs::metadata(&s.path).ok())
+            .map(|m| m.len())
+            .sum();
+        let mode = LoaderMode::Train {
+            transform: TrainTransform::mmrl(224),
+            seed: 1,
+        };
+        let loader = ImageLoader::<B>::new(samples, mode, BATCH, args.workers, Default::default())
+            .with_cache(args.cache);
+        let mut per_epoch = Vec::new();
+        for _ in 0..args.epochs {
+            let t = Instant::now();
+            let mut n = 0;
+            for batch in loader.iter() {
+                let [b, _, _, _] = batch.images.dims();
+                n += b;
+            }
+            if let Some(e) = loader.take_error() {
+                return Err(e.to_string());
+            }
+            per_epoch.push(n as f64 / t.elapsed().as_secs_f64());
+        }
+        let out = serde_json::json!({
+            "framework": "burn",
+            "backend": "flex",
+            "what": "loader",
+            "workers": args.workers,
+            "cache": args.cache,
+            "images": args.images,
+            "mean_jpeg_kb": bytes as f64 / args.images.max(1) as f64 / 1000.0,
+            "batch": BATCH,
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "images_per_s": per_epoch,
+        });
+        println!("{out}");
+        Ok(())
     }
 }

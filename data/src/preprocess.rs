@@ -308,8 +308,9 @@ pub fn resize_and_crop(img: &RgbImage, config: &PreprocessConfig) -> RgbImage {
 /// fast_image_resize's 8-bit path runs the passes the other way round with
 /// coarser fixed point, which moves values by a level or two near edges. So
 /// we run two one-dimensional resizes in Pillow's order on f32 pixels and
-/// round each result to 8 bits as Pillow does.
-fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
+/// round each result to 8 bits as Pillow does. A side that keeps its size is
+/// not resampled, as in Pillow. Both images must be non-empty.
+pub fn resize_bicubic(img: &RgbImage, width: usize, height: usize) -> RgbImage {
     let (w0, h0) = (img.width(), img.height());
     let (w1, h1) = (width as u32, height as u32);
     let mut buf = img.as_raw().clone();
