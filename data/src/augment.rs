@@ -3,7 +3,7 @@
 //! bicubic filter, `RandomHorizontalFlip(0.5)`, `ToTensor`, CLIP's mean/std.
 //!
 //! The crop parameters are drawn as torchvision's `RandomResizedCrop.get_params`
-//! draws them (`docs`: the data protocols spec, §6), from a ChaCha8 stream that
+//! draws them (data protocols spec, §6), from a ChaCha8 stream that
 //! depends only on (seed, epoch, dataset index): see [`sample_rng`]. PyTorch's
 //! own random numbers cannot be reproduced outside PyTorch, so the draws follow
 //! the same distribution, not the same values.
