@@ -54,6 +54,9 @@ pub struct TrainArgs {
     /// Where results, checkpoints and logs go.
     #[arg(long)]
     pub output: PathBuf,
+    /// Log and skip corrupt or missing images instead of stopping with the path and reason.
+    #[arg(long)]
+    pub skip_bad_images: bool,
     /// Continue the run in --output from its last completed epoch (same arguments).
     #[arg(long)]
     pub resume: bool,
@@ -110,6 +113,9 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
     }
     if let Some(b) = a.batch_size {
         cfg.batch_size = b;
+    }
+    if a.skip_bad_images {
+        cfg.skip_bad_images = true;
     }
     for s in &a.set {
         cfg.set(s)?;

@@ -225,6 +225,40 @@ fn bad_training_arguments_are_clear_errors() {
         tmp.path().join("o").to_str().unwrap(),
     ]);
     assert_clean_failure(&o, &["no_such_key"]);
+
+    // A corrupt image stops the run with its path; --skip-bad-images goes on.
+    std::fs::write(root.join("class_1/3.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
+    let run = |extra: &[&str], out: &str| {
+        let mut args = vec![
+            "train",
+            "--method",
+            "mmrl",
+            "--dataset",
+            "folder",
+            "--root",
+            root.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--shots",
+            "8",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--output",
+        ];
+        let out = tmp.path().join(out);
+        let out = out.to_str().unwrap().to_string();
+        args.push(&out);
+        args.extend_from_slice(extra);
+        mmrl(&args)
+    };
+    let o = run(&[], "corrupt");
+    assert_clean_failure(&o, &["class_1/3.png"]);
+    let o = run(&["--skip-bad-images"], "skipped");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]

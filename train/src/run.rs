@@ -81,6 +81,8 @@ pub struct TrainConfig {
     pub workers: usize,
     /// Keep decoded images in memory after the first epoch.
     pub cache_images: bool,
+    /// Log and skip unreadable images instead of stopping the run.
+    pub skip_bad_images: bool,
     /// Prompt template; empty: the dataset's (`CUSTOM_TEMPLATES`).
     pub template: String,
     /// Cross-dataset / domain-generalisation targets (CLI names, under the
@@ -122,6 +124,7 @@ impl Default for TrainConfig {
             crop_scale: (0.5, 1.0),
             workers: 2,
             cache_images: true,
+            skip_bad_images: false,
             template: String::new(),
             targets: Vec::new(),
             mmrl: MmrlSection::default(),
@@ -374,6 +377,29 @@ fn samples(items: &[Item]) -> Vec<Sample> {
         .collect()
 }
 
+/// [`prepare`] without printing the warnings again (a second class set of a
+/// dataset whose warnings were shown).
+fn prepare_quiet(
+    paths: &RunPaths,
+    cfg: &TrainConfig,
+    seed: u64,
+    subsample: Subsample,
+) -> Result<Prepared> {
+    let splits = dataset::read_splits(
+        &paths.dataset,
+        &paths.root,
+        paths.classnames.as_deref(),
+        true,
+    )?;
+    let req = Request {
+        shots: cfg.shots,
+        seed,
+        subsample,
+        manifest: None,
+    };
+    Ok(dataset::prepare(&splits, &req)?)
+}
+
 fn prepare(
     paths: &RunPaths,
     cfg: &TrainConfig,
@@ -572,7 +598,7 @@ fn run_seed<B: AutodiffBackend>(
     let target_data = |t: &EvalTarget| -> Result<(Prepared, String)> {
         match t.dataset {
             None if t.sub == train_sub => Ok((train_data.clone(), template.clone())),
-            None => Ok((prepare(paths, cfg, seed, t.sub)?, template.clone())),
+            None => Ok((prepare_quiet(paths, cfg, seed, t.sub)?, template.clone())),
             Some(b) => {
                 let splits = dataset::read_splits(&Source::Benchmark(b), &paths.root, None, true)?;
                 let req = Request {
@@ -598,6 +624,7 @@ fn run_seed<B: AutodiffBackend>(
             cfg.workers,
             inner_device.clone(),
         )
+        .skip_bad_images(cfg.skip_bad_images)
     };
     let mut accs = Vec::new();
     let mut train_accuracy = None;
@@ -818,6 +845,7 @@ impl Fit<'_> {
             device.clone(),
         )
         .with_cache(cfg.cache_images)
+        .skip_bad_images(cfg.skip_bad_images)
         .with_start_epoch(resume_from.unwrap_or(0) as u64);
         let iters = train_loader.batch_indices(0).len();
         let valid_loader = ImageLoader::<B::InnerBackend>::new(
@@ -828,7 +856,8 @@ impl Fit<'_> {
             cfg.test_batch_size,
             self.eval_workers,
             device.clone(),
-        );
+        )
+        .skip_bad_images(cfg.skip_bad_images);
         let sched = DasslSchedule {
             base_lr: cfg.lr,
             epochs: cfg.epochs,
@@ -841,7 +870,7 @@ impl Fit<'_> {
             std::sync::Arc::new(train_loader.clone());
         let valid_arc: std::sync::Arc<
             dyn DataLoader<B::InnerBackend, ImageBatch<B::InnerBackend>>,
-        > = std::sync::Arc::new(valid_loader);
+        > = std::sync::Arc::new(valid_loader.clone());
         let interrupter = burn::train::Interrupter::new();
         if let Some(n) = self.paths.interrupt_after_epoch {
             let remaining = n.saturating_sub(resume_from.unwrap_or(0));
@@ -872,7 +901,10 @@ impl Fit<'_> {
                     .into(),
             });
         }
-        if let Some(e) = train_loader.take_error() {
+        if let Some(e) = train_loader
+            .take_error()
+            .or_else(|| valid_loader.take_error())
+        {
             return Err(e.into());
         }
         Ok(result.model)
