@@ -89,6 +89,37 @@ pub fn class_text<B: Backend>(
     })
 }
 
+/// Running means of a method's loss terms over an epoch, shared between
+/// the training step (which adds) and the epoch display (which reads and
+/// resets).
+#[derive(Debug, Clone, Default)]
+pub struct TermLog(std::sync::Arc<std::sync::Mutex<Vec<(&'static str, f64, usize)>>>);
+
+impl TermLog {
+    /// Adds one batch's value of `name`.
+    pub fn add(&self, name: &'static str, value: f64) {
+        let mut v = self.0.lock().unwrap();
+        match v.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(e) => {
+                e.1 += value;
+                e.2 += 1;
+            }
+            None => v.push((name, value, 1)),
+        }
+    }
+
+    /// The means since the last call, in insertion order, and a reset.
+    pub fn take_means(&self) -> Vec<(&'static str, f64)> {
+        let mut v = self.0.lock().unwrap();
+        let out = v
+            .iter()
+            .map(|(n, s, c)| (*n, s / (*c).max(1) as f64))
+            .collect();
+        v.clear();
+        out
+    }
+}
+
 /// MMRL ready to train on one class set.
 #[derive(Module, Debug)]
 pub struct MmrlTrainee<B: Backend> {
@@ -96,6 +127,9 @@ pub struct MmrlTrainee<B: Backend> {
     pub text: Frozen<ClassText<B>>,
     /// λ of both regularisers.
     pub reg_weight: f64,
+    /// Each loss term, per batch, for the epoch line.
+    #[module(skip)]
+    pub terms: TermLog,
 }
 
 impl<B: Backend> MmrlTrainee<B> {
@@ -132,6 +166,15 @@ impl<B: AutodiffBackend> TrainStep for MmrlTrainee<B> {
             self.weights(),
         );
         let fused = logits.fused(self.model.alpha);
+        for (name, t) in [
+            ("ce_class", &loss.ce_class),
+            ("ce_rep", &loss.ce_rep),
+            ("reg_image", &loss.reg_image),
+            ("reg_text", &loss.reg_text),
+        ] {
+            self.terms
+                .add(name, t.clone().inner().into_scalar().elem::<f64>());
+        }
         let grads = loss.total.backward();
         TrainOutput::new(
             self,
@@ -422,6 +465,12 @@ mod tests {
             trainee = optim.step(1e-2, trainee, out.grads);
         }
         assert!(losses[29] < losses[0] * 0.8, "loss falls: {losses:?}");
+        let means = terms.take_means();
+        assert_eq!(
+            means.iter().map(|m| m.0).collect::<Vec<_>>(),
+            ["ce_class", "ce_rep", "reg_image", "reg_text"]
+        );
+        assert!(terms.take_means().is_empty());
         let r1 = trainee
             .model
             .representation_learner

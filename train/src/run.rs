@@ -639,6 +639,7 @@ fn run_seed<B: AutodiffBackend>(
         }
         MethodKind::Mmrl => {
             B::seed(device, seed);
+            let terms = crate::method::TermLog::default();
             let mcfg = cfg.mmrl_config(&train_data.dataset);
             let clip_ad: Clip<B> = Clip::from_inner(clip.clone());
             let model = mcfg.init(clip_ad, device);
@@ -654,6 +655,7 @@ fn run_seed<B: AutodiffBackend>(
                 model,
                 text: Frozen::new(ClassText::from_inner(text)),
                 reg_weight: mcfg.reg_weight,
+                terms: terms.clone(),
             };
             let optim = AdamWConfig::new()
                 .with_beta_1(0.9)
@@ -669,6 +671,7 @@ fn run_seed<B: AutodiffBackend>(
                 pre,
                 data: &train_data,
                 eval_workers: cfg.workers,
+                terms: Some(terms.clone()),
             };
             let trained = fit.run::<B, _, _>(trainee, optim, device)?;
             train_accuracy = last_train_accuracy(&dir.join("train"), cfg.epochs);
@@ -729,6 +732,7 @@ fn run_seed<B: AutodiffBackend>(
                 pre,
                 data: &train_data,
                 eval_workers: cfg.workers,
+                terms: None,
             };
             let trained = fit.run::<B, _, _>(trainee, optim, device)?;
             train_accuracy = last_train_accuracy(&dir.join("train"), cfg.epochs);
@@ -802,6 +806,8 @@ struct Fit<'a> {
     pre: &'a PreprocessConfig,
     data: &'a Prepared,
     eval_workers: usize,
+    /// The method's loss terms, shown in the epoch lines.
+    terms: Option<crate::method::TermLog>,
 }
 
 impl Fit<'_> {
@@ -892,7 +898,10 @@ impl Fit<'_> {
             training = training.checkpoint(n);
         }
         let result = training
-            .renderer(EpochLines::new(format!("seed {seed}")))
+            .renderer(match &self.terms {
+                Some(t) => EpochLines::new(format!("seed {seed}")).with_terms(t.clone()),
+                None => EpochLines::new(format!("seed {seed}")),
+            })
             .launch(Learner::new(trainee, optim, sched));
         if interrupter.should_stop() {
             return Err(Error::Config {
