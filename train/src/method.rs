@@ -93,7 +93,10 @@ pub fn class_text<B: Backend>(
 /// the training step (which adds) and the epoch display (which reads and
 /// resets).
 #[derive(Debug, Clone, Default)]
-pub struct TermLog(std::sync::Arc<std::sync::Mutex<Vec<(&'static str, f64, usize)>>>);
+pub struct TermLog(std::sync::Arc<std::sync::Mutex<TermSums>>);
+
+/// Per term: name, sum, count.
+type TermSums = Vec<(&'static str, f64, usize)>;
 
 impl TermLog {
     /// Adds one batch's value of `name`.
@@ -429,10 +432,12 @@ mod tests {
             zs_text: Tensor::from_inner(zs_text),
             lower: Tensor::from_inner(lower),
         };
+        let terms = TermLog::default();
         let mut trainee = MmrlTrainee {
             model,
             text: Frozen::new(text),
             reg_weight: 1.0,
+            terms: terms.clone(),
         };
         let images = Tensor::<B, 4>::random(
             [6, 3, 8, 8],
