@@ -6,7 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use super::readers::{
-    list_sorted, read_classnames, split_per_class, split_trainval, EntryKind, SPLIT_SEED,
+    list_sorted, read_classnames, shuffle_cut, split_per_class, split_trainval, EntryKind,
+    SPLIT_SEED,
 };
 use super::{Item, Splits};
 use crate::error::{Error, Result};
@@ -312,25 +313,15 @@ pub fn read_csv(file: &Path, classnames: Option<&Path>) -> Result<Splits> {
                 continue;
             }
             group.sort_by(|a, b| a.rel.cmp(&b.rel));
-            rng.shuffle(&mut group);
-            let n = group.len();
-            let n_train = (n as f64 * 0.5).round_ties_even() as usize;
-            let n_val = (n as f64 * 0.2).round_ties_even() as usize;
-            if n_train == 0 || n_val == 0 || n_train + n_val >= n {
-                return Err(Error::dataset(
+            let (tr, va, te) = shuffle_cut(group, &mut rng).map_err(|n| {
+                Error::dataset(
                     file,
-                    format!("class {:?} has {n} images; a 50/20/30 split needs at least 4 (or add a split column)", class),
-                ));
-            }
-            for (i, it) in group.into_iter().enumerate() {
-                if i < n_train {
-                    train.push(it)
-                } else if i < n_train + n_val {
-                    val.push(it)
-                } else {
-                    test.push(it)
-                }
-            }
+                    format!("class {class:?} has {n} images; a 50/20/30 split needs at least 4 (or add a split column)"),
+                )
+            })?;
+            train.extend(tr);
+            val.extend(va);
+            test.extend(te);
         }
         (train, val, test)
     };

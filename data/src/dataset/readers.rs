@@ -419,34 +419,48 @@ pub fn split_per_class(
     let (mut train, mut val, mut test) = (Vec::new(), Vec::new(), Vec::new());
     for (label, class) in classes.iter().enumerate() {
         let cdir = image_dir.join(class);
-        let mut files = list_sorted(&cdir, EntryKind::Files)?;
-        rng.shuffle(&mut files);
-        let n = files.len();
-        let n_train = round_frac(n, 0.5);
-        let n_val = round_frac(n, 0.2);
-        if n_train == 0 || n_val == 0 || n_train + n_val >= n {
-            return Err(Error::dataset(
-                &cdir,
-                format!("class {class:?} has {n} images; a 50/20/30 split needs at least 4 so that train, val and test are not empty"),
-            ));
-        }
+        let files = list_sorted(&cdir, EntryKind::Files)?;
         let name = renames
             .iter()
             .find(|(from, _)| from == class)
             .map(|(_, to)| *to)
             .unwrap_or(class);
-        for (i, f) in files.iter().enumerate() {
-            let it = Item::new(image_dir, &format!("{class}/{f}"), label, name);
-            if i < n_train {
-                train.push(it);
-            } else if i < n_train + n_val {
-                val.push(it);
-            } else {
-                test.push(it);
-            }
-        }
+        let items = files
+            .iter()
+            .map(|f| Item::new(image_dir, &format!("{class}/{f}"), label, name))
+            .collect();
+        let (tr, va, te) = shuffle_cut(items, rng).map_err(|n| {
+            Error::dataset(
+                &cdir,
+                format!("class {class:?} has {n} images; a 50/20/30 split needs at least 4 so that train, val and test are not empty"),
+            )
+        })?;
+        train.extend(tr);
+        val.extend(va);
+        test.extend(te);
     }
     Ok((train, val, test))
+}
+
+/// Train, val and test parts.
+pub type TrainValTest<T> = (Vec<T>, Vec<T>, Vec<T>);
+
+/// One class of `read_and_split_data`: `random.shuffle`, then 50/20/30 with
+/// Python's rounding. `Err(n)` when a part would be empty.
+pub fn shuffle_cut<T>(
+    mut items: Vec<T>,
+    rng: &mut PyRandom,
+) -> std::result::Result<TrainValTest<T>, usize> {
+    rng.shuffle(&mut items);
+    let n = items.len();
+    let n_train = round_frac(n, 0.5);
+    let n_val = round_frac(n, 0.2);
+    if n_train == 0 || n_val == 0 || n_train + n_val >= n {
+        return Err(n);
+    }
+    let test = items.split_off(n_train + n_val);
+    let val = items.split_off(n_train);
+    Ok((items, val, test))
 }
 
 /// `OxfordPets.split_trainval`: per label in order of first appearance,
