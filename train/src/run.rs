@@ -670,7 +670,6 @@ fn run_seed<B: AutodiffBackend>(
                 seed,
                 pre,
                 data: &train_data,
-                eval_workers: cfg.workers,
                 terms: Some(terms.clone()),
             };
             let trained = fit.run::<B, _, _>(trainee, optim, device)?;
@@ -731,7 +730,6 @@ fn run_seed<B: AutodiffBackend>(
                 seed,
                 pre,
                 data: &train_data,
-                eval_workers: cfg.workers,
                 terms: None,
             };
             let trained = fit.run::<B, _, _>(trainee, optim, device)?;
@@ -805,7 +803,6 @@ struct Fit<'a> {
     seed: u64,
     pre: &'a PreprocessConfig,
     data: &'a Prepared,
-    eval_workers: usize,
     /// The method's loss terms, shown in the epoch lines.
     terms: Option<crate::method::TermLog>,
 }
@@ -860,7 +857,7 @@ impl Fit<'_> {
                 config: self.pre.clone(),
             },
             cfg.test_batch_size,
-            self.eval_workers,
+            cfg.workers,
             device.clone(),
         )
         .skip_bad_images(cfg.skip_bad_images);
