@@ -377,55 +377,33 @@ fn samples(items: &[Item]) -> Vec<Sample> {
         .collect()
 }
 
-/// [`prepare`] without printing the warnings again (a second class set of a
-/// dataset whose warnings were shown).
-fn prepare_quiet(
-    paths: &RunPaths,
+/// The run's few-shot draw and class set from the dataset's full splits;
+/// `warn`: print the dataset's warnings (once per run is enough).
+fn select(
+    splits: &dataset::Splits,
     cfg: &TrainConfig,
     seed: u64,
     subsample: Subsample,
+    warn: bool,
 ) -> Result<Prepared> {
-    let splits = dataset::read_splits(
-        &paths.dataset,
-        &paths.root,
-        paths.classnames.as_deref(),
-        true,
-    )?;
     let req = Request {
         shots: cfg.shots,
         seed,
         subsample,
         manifest: None,
     };
-    Ok(dataset::prepare(&splits, &req)?)
-}
-
-fn prepare(
-    paths: &RunPaths,
-    cfg: &TrainConfig,
-    seed: u64,
-    subsample: Subsample,
-) -> Result<Prepared> {
-    let splits = dataset::read_splits(
-        &paths.dataset,
-        &paths.root,
-        paths.classnames.as_deref(),
-        true,
-    )?;
-    let p = dataset::prepare(
-        &splits,
-        &Request {
-            shots: cfg.shots,
-            seed,
-            subsample,
-            manifest: None,
-        },
-    )?;
-    for w in &p.warnings {
-        eprintln!("warning: {w}");
+    let p = dataset::prepare(splits, &req)?;
+    if warn {
+        for w in &p.warnings {
+            eprintln!("warning: {w}");
+        }
     }
     Ok(p)
 }
+
+/// Full splits of the cross-dataset / DG targets, read once per run.
+type TargetSplits =
+    std::cell::RefCell<std::collections::HashMap<dataset::Benchmark, dataset::Splits>>;
 
 /// The run's whole outcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -470,6 +448,14 @@ pub fn run<B: AutodiffBackend>(
     };
     let mut results = Vec::new();
     let mut dataset_name = String::new();
+    // The full split lists, read once (ImageNet lists 1.28 M files).
+    let splits = dataset::read_splits(
+        &paths.dataset,
+        &paths.root,
+        paths.classnames.as_deref(),
+        true,
+    )?;
+    let targets = TargetSplits::default();
     for &seed in &cfg.seeds {
         let dir = paths.output.join(format!("seed{seed}"));
         let done = dir.join("result.json");
@@ -501,6 +487,8 @@ pub fn run<B: AutodiffBackend>(
         let r = run_seed::<B>(
             cfg,
             paths,
+            &splits,
+            &targets,
             clip,
             tokenizer,
             pre,
@@ -524,6 +512,8 @@ pub fn run<B: AutodiffBackend>(
 fn run_seed<B: AutodiffBackend>(
     cfg: &TrainConfig,
     paths: &RunPaths,
+    splits: &dataset::Splits,
+    targets: &TargetSplits,
     clip: &Clip<B::InnerBackend>,
     tokenizer: &ClipTokenizer,
     pre: &PreprocessConfig,
@@ -587,7 +577,7 @@ fn run_seed<B: AutodiffBackend>(
             (Subsample::All, v)
         }
     };
-    let train_data = prepare(paths, cfg, seed, train_sub)?;
+    let train_data = select(splits, cfg, seed, train_sub, true)?;
     *dataset_name = train_data.dataset.clone();
     split_file::write_json_atomic(&dir.join("fewshot.json"), &train_data.manifest)?;
     let template = if cfg.template.is_empty() {
@@ -598,16 +588,22 @@ fn run_seed<B: AutodiffBackend>(
     let target_data = |t: &EvalTarget| -> Result<(Prepared, String)> {
         match t.dataset {
             None if t.sub == train_sub => Ok((train_data.clone(), template.clone())),
-            None => Ok((prepare_quiet(paths, cfg, seed, t.sub)?, template.clone())),
+            None => Ok((select(splits, cfg, seed, t.sub, false)?, template.clone())),
             Some(b) => {
-                let splits = dataset::read_splits(&Source::Benchmark(b), &paths.root, None, true)?;
+                if !targets.borrow().contains_key(&b) {
+                    let read =
+                        dataset::read_splits(&Source::Benchmark(b), &paths.root, None, true)?;
+                    targets.borrow_mut().insert(b, read);
+                }
+                let cache = targets.borrow();
+                let splits = &cache[&b];
                 let req = Request {
                     shots: 0,
                     seed,
                     subsample: Subsample::All,
                     manifest: None,
                 };
-                let p = dataset::prepare(&splits, &req)?;
+                let p = dataset::prepare(splits, &req)?;
                 let tpl = p.template.clone();
                 Ok((p, tpl))
             }
