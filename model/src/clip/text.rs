@@ -64,8 +64,17 @@ impl<B: Backend> ClipTextTransformer<B> {
     /// - `tokens`: `[batch, seq]` with `seq <= context`
     /// - output: `[batch, seq, width]`
     pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [_, seq] = tokens.dims();
-        let x = self.embeddings.token_embedding.forward(tokens);
+        self.add_positions(self.embeddings.token_embedding.forward(tokens))
+    }
+
+    /// Adds the positional embeddings to already embedded tokens (methods
+    /// that replace some token embeddings, such as CoOp's context).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, width]` with `seq <= context`
+    /// - output: `[batch, seq, width]`
+    pub fn add_positions(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [_, seq, _] = x.dims();
         let pos = self
             .embeddings
             .position_embedding

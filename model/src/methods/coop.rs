@@ -533,15 +533,7 @@ impl<B: Backend> Coop<B> {
     /// - output: `[classes, projection_dim]`
     pub fn text_features(&self, prompts: &CoopPrompts<B>) -> Tensor<B, 2> {
         let text = &self.clip.text_model;
-        let x = self.prompt_embeddings(prompts);
-        let seq = prompts.seq();
-        let pos = text
-            .embeddings
-            .position_embedding
-            .weight
-            .val()
-            .narrow(0, 0, seq);
-        let x = x + pos.unsqueeze_dim(0);
+        let x = text.add_positions(self.prompt_embeddings(prompts));
         let pooled = text.forward_embedded_with(x, prompts.eot.clone(), &mut NoHook);
         self.clip.text_projection.forward(pooled)
     }
