@@ -25,6 +25,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The offline demo: pretrain a small CLIP on a generated world (cached), then
+    /// zero-shot CLIP, CoOp and MMRL base-to-novel over seeds 1, 2, 3.
+    Demo(crate::demo_cmd::DemoArgs),
     /// Classify images with zero-shot CLIP.
     Zeroshot(ZeroshotArgs),
     /// Classify images with an adapted CLIP (an MMRL checkpoint).
@@ -128,6 +131,11 @@ pub fn run(cli: Cli) -> Result<()> {
             ))
         }
         Command::Data(cmd) => crate::data_cmd::run(cmd),
+        Command::Demo(args) => {
+            crate::with_backend!(args.device, |B, device| crate::demo_cmd::demo_cmd::<B>(
+                &args, &device
+            ))
+        }
         Command::Report(args) => crate::eval_cmd::report_cmd(&args),
         Command::Eval(args) => {
             crate::with_backend!(args.device, |B, device| crate::eval_cmd::eval_cmd::<B>(

@@ -8,5 +8,6 @@ pub use mmrl_train as train;
 pub mod backend;
 pub mod cli;
 pub mod data_cmd;
+pub mod demo_cmd;
 pub mod eval_cmd;
 pub mod train_cmd;

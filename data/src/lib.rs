@@ -9,6 +9,7 @@ pub mod loader;
 pub mod preprocess;
 pub mod pyrandom;
 pub mod tokenizer;
+pub mod world;
 
 pub use error::{Error, Result};
 pub use preprocess::PreprocessConfig;

@@ -1,11 +1,12 @@
 //! The whole CLIP: both towers, their projections and `logit_scale`.
 
 use burn::module::Param;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::config::ClipConfig;
 use super::text::ClipTextTransformer;
+use super::transformer::normal_linear;
 use super::vision::ClipVisionTransformer;
 
 /// CLIP with Hugging Face's module names (`text_model`, `vision_model`,
@@ -23,12 +24,17 @@ pub struct Clip<B: Backend> {
 }
 
 impl ClipConfig {
-    /// Builds CLIP with random weights.
+    /// Builds CLIP with random weights, initialised as transformers' `CLIPModel`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Clip<B> {
-        let proj = |d_in| {
-            LinearConfig::new(d_in, self.projection_dim)
-                .with_bias(false)
-                .init(device)
+        // `N(0, width^-0.5)`, as transformers' `_init_weights`.
+        let proj = |d_in: usize| {
+            normal_linear(
+                d_in,
+                self.projection_dim,
+                (d_in as f64).powf(-0.5),
+                false,
+                device,
+            )
         };
         Clip {
             text_model: self.text_config.init(device),

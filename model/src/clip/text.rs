@@ -1,11 +1,18 @@
 //! The text tower: token and positional embeddings, the causal transformer,
 //! `final_layer_norm`, pooling at the end-of-text token.
 
+use burn::module::Initializer;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 
 use super::config::ClipTextConfig;
 use super::transformer::{BlockHook, Encoder, EncoderConfig, NoHook};
+
+/// Token and position embeddings start as `N(0, 0.02)` (transformers' `initializer_range`).
+pub const CLIP_EMBEDDING_INIT: Initializer = Initializer::Normal {
+    mean: 0.0,
+    std: 0.02,
+};
 
 /// Token and positional embeddings (`text_model.embeddings`).
 #[derive(Module, Debug)]
@@ -30,11 +37,13 @@ impl ClipTextConfig {
         ClipTextTransformer {
             embeddings: TextEmbeddings {
                 token_embedding: EmbeddingConfig::new(self.vocab_size, self.hidden_size)
+                    .with_initializer(CLIP_EMBEDDING_INIT)
                     .init(device),
                 position_embedding: EmbeddingConfig::new(
                     self.max_position_embeddings,
                     self.hidden_size,
                 )
+                .with_initializer(CLIP_EMBEDDING_INIT)
                 .init(device),
             },
             encoder: self.encoder_config().init(device),

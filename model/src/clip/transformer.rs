@@ -7,6 +7,7 @@
 
 use std::ops::Range;
 
+use burn::module::{Initializer, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid, softmax};
@@ -47,26 +48,50 @@ impl EncoderConfig {
         }
     }
 
+    /// Random weights as transformers' `CLIPPreTrainedModel._init_weights`:
+    /// normal weights with per-role std, zero biases.
     fn init_layer<B: Backend>(&self, device: &B::Device) -> EncoderLayer<B> {
         let w = self.width;
-        let lin = |i, o| LinearConfig::new(i, o).init(device);
+        let width = w as f64;
+        let in_std = width.powf(-0.5) * (2.0 * self.layers as f64).powf(-0.5);
+        let out_std = width.powf(-0.5);
+        let fc_std = (2.0 * width).powf(-0.5);
+        let lin = |i, o, std| normal_linear(i, o, std, true, device);
         EncoderLayer {
             self_attn: Attention {
-                q_proj: lin(w, w),
-                k_proj: lin(w, w),
-                v_proj: lin(w, w),
-                out_proj: lin(w, w),
+                q_proj: lin(w, w, in_std),
+                k_proj: lin(w, w, in_std),
+                v_proj: lin(w, w, in_std),
+                out_proj: lin(w, w, out_std),
                 heads: self.heads,
             },
             layer_norm1: LayerNormConfig::new(w).with_epsilon(self.eps).init(device),
             mlp: Mlp {
-                fc1: lin(w, self.intermediate),
-                fc2: lin(self.intermediate, w),
+                fc1: lin(w, self.intermediate, fc_std),
+                fc2: lin(self.intermediate, w, in_std),
                 quick_gelu: self.act == HiddenAct::QuickGelu,
             },
             layer_norm2: LayerNormConfig::new(w).with_epsilon(self.eps).init(device),
         }
     }
+}
+
+/// A linear layer with `N(0, std)` weights and, if any, a zero bias (CLIP's init).
+pub fn normal_linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    std: f64,
+    bias: bool,
+    device: &B::Device,
+) -> Linear<B> {
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device);
+    if bias {
+        l.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+    }
+    l
 }
 
 /// Multi-head self-attention with Hugging Face's parameter names

@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use super::config::ClipVisionConfig;
+use super::text::CLIP_EMBEDDING_INIT;
 use super::transformer::{BlockHook, Encoder, EncoderConfig, NoHook};
 
 /// Patch, class and positional embeddings (`vision_model.embeddings`).
@@ -52,8 +53,11 @@ impl ClipVisionConfig {
                 patch_embedding: Conv2dConfig::new([self.num_channels, w], [p, p])
                     .with_stride([p, p])
                     .with_bias(false)
+                    .with_initializer(CLIP_EMBEDDING_INIT)
                     .init(device),
-                position_embedding: EmbeddingConfig::new(self.num_positions(), w).init(device),
+                position_embedding: EmbeddingConfig::new(self.num_positions(), w)
+                    .with_initializer(CLIP_EMBEDDING_INIT)
+                    .init(device),
                 patch_size: p,
             },
             pre_layrnorm: ln(),

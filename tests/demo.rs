@@ -1,0 +1,123 @@
+//! The offline demo, shortened (`--quick`: smaller pictures, a smaller CLIP,
+//! shorter pretraining): a small CLIP pretrained on the generated world, then
+//! zero-shot CLIP, CoOp and MMRL base-to-novel over seeds 1, 2, 3. Asserts
+//! what the methods promise: zero-shot transfers to novel classes; MMRL
+//! gains on base without losing novel; MMRL's HM beats both.
+
+mod common;
+
+use common::{assert_clean_failure, mmrl, TempDir};
+use serde_json::Value;
+
+fn num(v: &Value, path: &[&str]) -> f64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v}"))
+}
+
+#[test]
+fn quick_demo_shows_each_methods_base_novel_behaviour() {
+    let tmp = TempDir::new("demo");
+    let out = tmp.path().join("out");
+    let cache = tmp.path().join("cache");
+    let args = [
+        "demo",
+        "--quick",
+        "--output",
+        out.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ];
+    let o = mmrl(&args);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("pretrain epoch 1/"), "progress: {stdout}");
+    assert!(stdout.contains("| MMRL "), "table: {stdout}");
+
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(r["seeds"], serde_json::json!([1, 2, 3]));
+    let chance_novel = num(&r, &["chance", "novel"]);
+    let zs = |k| num(&r, &["methods", "zeroshot", k]);
+    let coop = |k| num(&r, &["methods", "coop", k]);
+    let m = |k| num(&r, &["methods", "mmrl", k]);
+    let shown = format!("{r:#}");
+    assert!(
+        zs("novel") >= 2.0 * chance_novel,
+        "zero-shot transfers to novel classes: {shown}"
+    );
+    assert!(m("base") >= zs("base") + 5.0, "MMRL gains on base: {shown}");
+    assert!(
+        m("novel") >= zs("novel") - 5.0,
+        "MMRL keeps zero-shot's novel accuracy: {shown}"
+    );
+    assert!(m("hm") > zs("hm"), "MMRL's HM beats zero-shot's: {shown}");
+    assert!(m("hm") > coop("hm"), "MMRL's HM beats CoOp's: {shown}");
+
+    // Each method's run is a full training run's output.
+    for method in ["zeroshot", "coop", "mmrl"] {
+        let run: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(method).join("results.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(run["method"], method);
+        assert_eq!(run["seeds"].as_array().unwrap().len(), 3);
+    }
+    assert!(out.join("mmrl/seed1/mmrl.safetensors").is_file());
+    assert!(out.join("coop/seed3/coop.safetensors").is_file());
+
+    // The cached CLIP is a standard Hugging Face folder: `mmrl zeroshot`
+    // loads it and names a novel class it was never adapted to.
+    let clip = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("pretrain.json").is_file())
+        .expect("the pretrained CLIP is cached");
+    let names = std::fs::read_to_string(out.join("world/classnames.txt")).unwrap();
+    let classes: Vec<&str> = names
+        .lines()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    let z = mmrl(&[
+        "zeroshot",
+        "--clip",
+        clip.to_str().unwrap(),
+        "--images",
+        out.join("world/test/c40").to_str().unwrap(),
+        "--classes",
+        &classes.join(","),
+        "--json",
+    ]);
+    assert!(z.status.success(), "{}", String::from_utf8_lossy(&z.stderr));
+    let zj: Value = serde_json::from_slice(&z.stdout).unwrap();
+    let results = zj["results"].as_array().unwrap();
+    let pictures = std::fs::read_dir(out.join("world/test/c40"))
+        .unwrap()
+        .count();
+    assert_eq!(results.len(), pictures);
+
+    // A folder that is not a demo output is never overwritten.
+    let other = tmp.path().join("mine");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "keep me").unwrap();
+    let refused = mmrl(&[
+        "demo",
+        "--quick",
+        "--output",
+        other.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&refused, &["not empty", "--output"]);
+    assert_eq!(
+        std::fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+}

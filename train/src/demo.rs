@@ -1,0 +1,424 @@
+//! The offline demo: a small CLIP pretrained on the generated world of
+//! [`mmrl_data::world`] (or reused from the cache), then zero-shot CLIP,
+//! CoOp and MMRL under base-to-novel on the world's colour × shape task,
+//! over seeds, through the same runs as `mmrl train`.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use mmrl_data::dataset::{split_file, Source};
+use mmrl_data::preprocess::PreprocessConfig;
+use mmrl_data::world::{self, TaskSizes};
+use mmrl_data::ClipTokenizer;
+use mmrl_model::clip::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+use mmrl_model::clip::loader::load_clip;
+use mmrl_model::clip::save::save_hf;
+
+use crate::method::MethodKind;
+use crate::pretrain::{pretrain, PretrainConfig};
+use crate::run::{self, clip_hash, RunPaths, TrainConfig};
+use crate::{Error, Result};
+
+/// Changes whenever the world's pictures or captions, CLIP's initialisation
+/// or the pretraining code change, so that a cached CLIP made by older code
+/// is rebuilt.
+pub const WORLD_VERSION: u32 = 1;
+
+/// The marker of a demo output folder (the resolved demo config).
+const MARKER: &str = "demo.json";
+
+/// Everything that decides the demo's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DemoConfig {
+    pub pretrain: PretrainConfig,
+    /// Seed of the task's pictures.
+    pub task_seed: u64,
+    /// Images per class and split.
+    pub task: TaskSizes,
+    pub seeds: Vec<u64>,
+    pub zeroshot: TrainConfig,
+    pub coop: TrainConfig,
+    pub mmrl: TrainConfig,
+}
+
+fn small_clip(side: usize, patch: usize, width: usize, layers: usize) -> ClipConfig {
+    ClipConfig {
+        text_config: ClipTextConfig {
+            hidden_size: width,
+            intermediate_size: 4 * width,
+            num_hidden_layers: layers,
+            num_attention_heads: width / 32,
+            ..ClipTextConfig::default()
+        },
+        vision_config: ClipVisionConfig {
+            hidden_size: width,
+            intermediate_size: 4 * width,
+            num_hidden_layers: layers,
+            num_attention_heads: width / 32,
+            image_size: side,
+            patch_size: patch,
+            ..ClipVisionConfig::default()
+        },
+        projection_dim: width,
+        ..ClipConfig::default()
+    }
+}
+
+impl DemoConfig {
+    /// The demo the README runs: a few minutes on a 2-core CPU.
+    pub fn full() -> Self {
+        let seeds = vec![1, 2, 3];
+        let method = |m| TrainConfig {
+            seeds: seeds.clone(),
+            test_batch_size: 200,
+            ..TrainConfig::defaults_for(m)
+        };
+        DemoConfig {
+            pretrain: PretrainConfig {
+                clip: small_clip(32, 8, 64, 3),
+                seed: 1,
+                epochs: 14,
+                steps_per_epoch: 125,
+                batch_size: 64,
+                lr: 1e-3,
+                warmup_steps: 100,
+                weight_decay: 0.05,
+                valid_batches: 4,
+            },
+            task_seed: 1,
+            task: TaskSizes {
+                train: 32,
+                val: 4,
+                test: 25,
+            },
+            zeroshot: method(MethodKind::Zeroshot),
+            // CoOp's reference settings with a quarter of its 200 epochs.
+            coop: TrainConfig {
+                epochs: 50,
+                ..method(MethodKind::Coop)
+            },
+            // MMRL's reference schedule (10 epochs, batch 4, AdamW 1e-3).
+            mmrl: method(MethodKind::Mmrl),
+            seeds,
+        }
+    }
+
+    /// The demo CI runs: the same world, CLIP and schedules (a shorter
+    /// pretraining gives a CLIP whose base/novel behaviour differs, so CI
+    /// checks the CLIP the demo uses), scored on 15 instead of 25 test
+    /// pictures per class.
+    pub fn quick() -> Self {
+        let mut c = Self::full();
+        c.task.test = 15;
+        c
+    }
+
+    /// The classes' count in the base and the novel half.
+    pub fn class_counts() -> (usize, usize) {
+        let n = world::task_classes().len();
+        (n.div_ceil(2), n / 2)
+    }
+}
+
+/// What a cached CLIP folder holds besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheRecord {
+    world_version: u32,
+    pretrain: PretrainConfig,
+    /// [`clip_hash`] of the folder.
+    sha256: String,
+}
+
+/// The cache folder of the CLIP pretrained with `cfg`.
+pub fn cache_dir(cache_root: &Path, cfg: &PretrainConfig) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(WORLD_VERSION.to_le_bytes());
+    h.update(serde_json::to_vec(cfg).expect("configs serialise"));
+    let key = format!("{:x}", h.finalize());
+    cache_root.join(format!("demo-clip-{}", &key[..16]))
+}
+
+/// Why a cached CLIP cannot be used, or `None` when it can.
+pub fn cache_problem(dir: &Path, cfg: &PretrainConfig) -> Option<String> {
+    let record = dir.join("pretrain.json");
+    let text = match std::fs::read_to_string(&record) {
+        Ok(t) => t,
+        Err(_) => return Some("not built yet".into()),
+    };
+    let rec: CacheRecord = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => return Some(format!("{} is unreadable ({e})", record.display())),
+    };
+    if rec.world_version != WORLD_VERSION || rec.pretrain != *cfg {
+        return Some("it was pretrained with other settings".into());
+    }
+    match clip_hash(dir) {
+        Ok(h) if h == rec.sha256 => None,
+        Ok(_) => Some("its weights do not match their recorded SHA-256".into()),
+        Err(e) => Some(format!("its weights cannot be read ({e})")),
+    }
+}
+
+/// The pretrained CLIP's folder: reused from `cache_root` when its record
+/// and hash check out, else pretrained now (into a temporary folder, moved
+/// into place when complete).
+pub fn cached_clip<B: AutodiffBackend>(
+    cfg: &PretrainConfig,
+    cache_root: &Path,
+    tokenizer: &ClipTokenizer,
+    device: &B::Device,
+) -> Result<PathBuf> {
+    let dir = cache_dir(cache_root, cfg);
+    let problem = match cache_problem(&dir, cfg) {
+        None => {
+            println!("using the pretrained CLIP cached in {}", dir.display());
+            return Ok(dir);
+        }
+        Some(p) => p,
+    };
+    println!(
+        "pretraining a small CLIP on the generated world ({} epochs of {} steps; cache {}: {problem})",
+        cfg.epochs,
+        cfg.steps_per_epoch,
+        dir.display()
+    );
+    let building = dir.with_extension(format!("building-{}", std::process::id()));
+    let io = |p: &Path, e| Error::from(mmrl_data::Error::io(p, e));
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(|e| io(&building, e))?;
+    }
+    std::fs::create_dir_all(&building).map_err(|e| io(&building, e))?;
+    let clip = pretrain::<B>(cfg, tokenizer, &building.join("log"), device)?;
+    save_hf(&clip, &cfg.clip, &building)?;
+    let record = CacheRecord {
+        world_version: WORLD_VERSION,
+        pretrain: cfg.clone(),
+        sha256: clip_hash(&building)?,
+    };
+    split_file::write_json_atomic(
+        &building.join("pretrain.json"),
+        &serde_json::to_value(&record).expect("records serialise"),
+    )?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    }
+    std::fs::rename(&building, &dir).map_err(|e| io(&dir, e))?;
+    Ok(dir)
+}
+
+/// One method's means over the seeds, in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BaseNovel {
+    pub base: f64,
+    pub novel: f64,
+    pub hm: f64,
+}
+
+/// `results.json` of the demo.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoResults {
+    pub seeds: Vec<u64>,
+    /// Accuracy of a uniform guess on each half.
+    pub chance: Chance,
+    pub methods: DemoMethods,
+}
+
+/// Chance accuracy, in percent.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Chance {
+    pub base: f64,
+    pub novel: f64,
+}
+
+/// Each method's means, in the demo's order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoMethods {
+    pub zeroshot: BaseNovel,
+    pub coop: BaseNovel,
+    pub mmrl: BaseNovel,
+}
+
+/// Prepares `output` for the demo: a new or empty folder, or a previous
+/// demo's output (whose runs are replaced). Anything else is refused.
+fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
+    let io = |p: &Path, e| Error::from(mmrl_data::Error::io(p, e));
+    let nonempty = std::fs::read_dir(output).is_ok_and(|mut d| d.next().is_some());
+    if nonempty {
+        if !output.join(MARKER).is_file() {
+            return Err(Error::Config {
+                path: output.into(),
+                msg: "is not empty and holds no demo output; choose another --output".into(),
+            });
+        }
+        for sub in ["world", "zeroshot", "coop", "mmrl"] {
+            let p = output.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| io(&p, e))?;
+            }
+        }
+        let _ = std::fs::remove_file(output.join("results.json"));
+    }
+    std::fs::create_dir_all(output).map_err(|e| io(output, e))?;
+    split_file::write_json_atomic(
+        &output.join(MARKER),
+        &serde_json::to_value(cfg).expect("configs serialise"),
+    )?;
+    Ok(())
+}
+
+/// Runs the whole demo; writes `output/results.json`, `output/world/` (the
+/// task's pictures) and one run folder per method.
+pub fn run_demo<B: AutodiffBackend>(
+    cfg: &DemoConfig,
+    output: &Path,
+    cache_root: &Path,
+    device: &B::Device,
+) -> Result<DemoResults> {
+    claim_output(output, cfg)?;
+    let tokenizer = ClipTokenizer::bundled();
+    println!("[1/4] the small CLIP");
+    let clip_dir = cached_clip::<B>(&cfg.pretrain, cache_root, &tokenizer, device)?;
+    let loaded = load_clip::<B::InnerBackend>(&clip_dir, device)?;
+    let side = loaded.config.vision_config.image_size;
+    let world_dir = output.join("world");
+    let classnames = world::write_task(&world_dir, cfg.task_seed, cfg.task, side)?;
+    let (n_base, n_novel) = DemoConfig::class_counts();
+    println!(
+        "    task: {} colour × shape classes ({n_base} base, {n_novel} novel), pictures in {}",
+        n_base + n_novel,
+        world_dir.display()
+    );
+    let pre = PreprocessConfig::for_image_size(side);
+    let mut means = Vec::new();
+    for (i, (name, mcfg)) in [
+        ("zeroshot", &cfg.zeroshot),
+        ("coop", &cfg.coop),
+        ("mmrl", &cfg.mmrl),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        println!(
+            "[{}/4] {name}, base-to-novel, seeds {:?}",
+            i + 2,
+            mcfg.seeds
+        );
+        let paths = RunPaths {
+            dataset: Source::Folder,
+            root: world_dir.clone(),
+            classnames: Some(classnames.clone()),
+            clip: clip_dir.clone(),
+            output: output.join(name),
+            resume: false,
+            interrupt_after_epoch: None,
+        };
+        let report = run::run::<B>(mcfg, &paths, &loaded.model, &tokenizer, &pre, device)?;
+        let get = |k: &str| {
+            report
+                .mean
+                .get(k)
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        means.push(BaseNovel {
+            base: get("base"),
+            novel: get("novel"),
+            hm: get("hm"),
+        });
+    }
+    let results = DemoResults {
+        seeds: cfg.seeds.clone(),
+        chance: Chance {
+            base: 100.0 / n_base as f64,
+            novel: 100.0 / n_novel as f64,
+        },
+        methods: DemoMethods {
+            zeroshot: means[0],
+            coop: means[1],
+            mmrl: means[2],
+        },
+    };
+    split_file::write_json_atomic(
+        &output.join("results.json"),
+        &serde_json::to_value(&results).expect("results serialise"),
+    )?;
+    Ok(results)
+}
+
+impl DemoResults {
+    /// The base / novel / HM table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "base-to-novel on the generated world, mean of seeds {:?} (accuracy, %)\n\n",
+            self.seeds
+        );
+        s.push_str("| method   |  base | novel |    HM |\n|----------|------:|------:|------:|\n");
+        let m = &self.methods;
+        for (name, r) in [
+            ("zero-shot", m.zeroshot),
+            ("CoOp", m.coop),
+            ("MMRL", m.mmrl),
+        ] {
+            s.push_str(&format!(
+                "| {name:<8} | {:>5.1} | {:>5.1} | {:>5.1} |\n",
+                r.base, r.novel, r.hm
+            ));
+        }
+        s.push_str(&format!(
+            "| chance   | {:>5.1} | {:>5.1} |       |\n",
+            self.chance.base, self.chance.novel
+        ));
+        s
+    }
+}
+
+/// `$XDG_CACHE_HOME/mmrl`, else `$HOME/.cache/mmrl`.
+pub fn default_cache_root() -> Option<PathBuf> {
+    let nonempty = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    nonempty("XDG_CACHE_HOME")
+        .map(|p| p.join("mmrl"))
+        .or_else(|| nonempty("HOME").map(|h| h.join(".cache").join("mmrl")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_with_other_settings_or_changed_weights_is_stale() {
+        let root = std::env::temp_dir().join(format!("mmrl-demo-cache-{}", std::process::id()));
+        let cfg = DemoConfig::quick().pretrain;
+        let dir = cache_dir(&root, &cfg);
+        assert_eq!(cache_problem(&dir, &cfg).as_deref(), Some("not built yet"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), b"weights").unwrap();
+        std::fs::write(dir.join("config.json"), b"{}").unwrap();
+        let record = CacheRecord {
+            world_version: WORLD_VERSION,
+            pretrain: cfg.clone(),
+            sha256: clip_hash(&dir).unwrap(),
+        };
+        std::fs::write(
+            dir.join("pretrain.json"),
+            serde_json::to_string(&record).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cache_problem(&dir, &cfg), None);
+        let mut other = cfg.clone();
+        other.epochs += 1;
+        assert_ne!(cache_dir(&root, &other), dir);
+        assert!(cache_problem(&dir, &other)
+            .unwrap()
+            .contains("other settings"));
+        std::fs::write(dir.join("model.safetensors"), b"weightz").unwrap();
+        assert!(cache_problem(&dir, &cfg).unwrap().contains("SHA-256"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
