@@ -399,7 +399,7 @@ mod tests {
     #[test]
     fn the_object_is_drawn_in_its_colour() {
         let mut rng = stream(TASK_DOMAIN, 1, 0, 0);
-        for colour in 0..COLOURS.len() {
+        for (colour, (_, want)) in COLOURS.iter().enumerate() {
             let s = Scene {
                 colour,
                 shape: 1,
@@ -410,7 +410,6 @@ mod tests {
             };
             let img = s.render(32, &mut rng);
             let p = img.get_pixel(16, 16).0;
-            let want = COLOURS[colour].1;
             for k in 0..3 {
                 assert!(
                     (p[k] as i32 - want[k] as i32).abs() <= 40,
