@@ -13,7 +13,7 @@ use mmrl_data::dataset::{split_file, Source};
 use mmrl_data::preprocess::PreprocessConfig;
 use mmrl_data::world::{self, TaskSizes};
 use mmrl_data::ClipTokenizer;
-use mmrl_model::clip::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+use mmrl_model::clip::config::ClipConfig;
 use mmrl_model::clip::loader::load_clip;
 use mmrl_model::clip::save::save_hf;
 
@@ -44,29 +44,6 @@ pub struct DemoConfig {
     pub mmrl: TrainConfig,
 }
 
-fn small_clip(side: usize, patch: usize, width: usize, layers: usize) -> ClipConfig {
-    ClipConfig {
-        text_config: ClipTextConfig {
-            hidden_size: width,
-            intermediate_size: 4 * width,
-            num_hidden_layers: layers,
-            num_attention_heads: width / 32,
-            ..ClipTextConfig::default()
-        },
-        vision_config: ClipVisionConfig {
-            hidden_size: width,
-            intermediate_size: 4 * width,
-            num_hidden_layers: layers,
-            num_attention_heads: width / 32,
-            image_size: side,
-            patch_size: patch,
-            ..ClipVisionConfig::default()
-        },
-        projection_dim: width,
-        ..ClipConfig::default()
-    }
-}
-
 impl DemoConfig {
     /// The demo the README runs: a few minutes on a 2-core CPU.
     pub fn full() -> Self {
@@ -78,7 +55,8 @@ impl DemoConfig {
         };
         DemoConfig {
             pretrain: PretrainConfig {
-                clip: small_clip(32, 8, 64, 3),
+                // ViT with 8-pixel patches on 32-pixel pictures; 2 heads of 32.
+                clip: ClipConfig::small(64, 3, 2, 32, 8),
                 seed: 1,
                 epochs: 14,
                 steps_per_epoch: 125,
@@ -186,11 +164,10 @@ pub fn cached_clip<B: AutodiffBackend>(
         dir.display()
     );
     let building = dir.with_extension(format!("building-{}", std::process::id()));
-    let io = |p: &Path, e| Error::from(mmrl_data::Error::io(p, e));
     if building.exists() {
-        std::fs::remove_dir_all(&building).map_err(|e| io(&building, e))?;
+        std::fs::remove_dir_all(&building).map_err(|e| mmrl_data::Error::io(&building, e))?;
     }
-    std::fs::create_dir_all(&building).map_err(|e| io(&building, e))?;
+    std::fs::create_dir_all(&building).map_err(|e| mmrl_data::Error::io(&building, e))?;
     let clip = pretrain::<B>(cfg, tokenizer, &building.join("log"), device)?;
     save_hf(&clip, &cfg.clip, &building)?;
     let record = CacheRecord {
@@ -203,9 +180,9 @@ pub fn cached_clip<B: AutodiffBackend>(
         &serde_json::to_value(&record).expect("records serialise"),
     )?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| mmrl_data::Error::io(&dir, e))?;
     }
-    std::fs::rename(&building, &dir).map_err(|e| io(&dir, e))?;
+    std::fs::rename(&building, &dir).map_err(|e| mmrl_data::Error::io(&dir, e))?;
     Ok(dir)
 }
 
@@ -244,7 +221,6 @@ pub struct DemoMethods {
 /// Prepares `output` for the demo: a new or empty folder, or a previous
 /// demo's output (whose runs are replaced). Anything else is refused.
 fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
-    let io = |p: &Path, e| Error::from(mmrl_data::Error::io(p, e));
     let nonempty = std::fs::read_dir(output).is_ok_and(|mut d| d.next().is_some());
     if nonempty {
         if !output.join(MARKER).is_file() {
@@ -256,12 +232,12 @@ fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
         for sub in ["world", "zeroshot", "coop", "mmrl"] {
             let p = output.join(sub);
             if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(|e| io(&p, e))?;
+                std::fs::remove_dir_all(&p).map_err(|e| mmrl_data::Error::io(&p, e))?;
             }
         }
         let _ = std::fs::remove_file(output.join("results.json"));
     }
-    std::fs::create_dir_all(output).map_err(|e| io(output, e))?;
+    std::fs::create_dir_all(output).map_err(|e| mmrl_data::Error::io(output, e))?;
     split_file::write_json_atomic(
         &output.join(MARKER),
         &serde_json::to_value(cfg).expect("configs serialise"),

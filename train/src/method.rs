@@ -388,19 +388,9 @@ mod tests {
     type B = burn::backend::Autodiff<burn::backend::Flex>;
 
     fn tiny_clip(device: &burn::tensor::Device<B>) -> Clip<B> {
-        let mut c = ClipConfig::default();
-        c.text_config.hidden_size = 8;
-        c.text_config.intermediate_size = 16;
-        c.text_config.num_hidden_layers = 2;
-        c.text_config.num_attention_heads = 1;
+        let mut c = ClipConfig::small(8, 2, 1, 8, 4);
         c.text_config.vocab_size = 20;
         c.text_config.max_position_embeddings = 8;
-        c.vision_config.hidden_size = 8;
-        c.vision_config.intermediate_size = 16;
-        c.vision_config.num_hidden_layers = 2;
-        c.vision_config.num_attention_heads = 1;
-        c.vision_config.image_size = 8;
-        c.vision_config.patch_size = 4;
         c.projection_dim = 4;
         c.init(device)
     }

@@ -175,6 +175,38 @@ impl ClipConfig {
         c
     }
 
+    /// A small CLIP of the standard layout: both towers `width` wide (MLP
+    /// 4 × width) and `layers` deep with `heads` heads, projection `width`;
+    /// the text tower keeps CLIP's vocabulary and context length.
+    pub fn small(
+        width: usize,
+        layers: usize,
+        heads: usize,
+        image_size: usize,
+        patch_size: usize,
+    ) -> Self {
+        Self {
+            text_config: ClipTextConfig {
+                hidden_size: width,
+                intermediate_size: 4 * width,
+                num_hidden_layers: layers,
+                num_attention_heads: heads,
+                ..ClipTextConfig::default()
+            },
+            vision_config: ClipVisionConfig {
+                hidden_size: width,
+                intermediate_size: 4 * width,
+                num_hidden_layers: layers,
+                num_attention_heads: heads,
+                image_size,
+                patch_size,
+                ..ClipVisionConfig::default()
+            },
+            projection_dim: width,
+            ..Self::default()
+        }
+    }
+
     /// A preset by its usual name: `ViT-B/32`, `ViT-B/16`, `ViT-L/14`,
     /// `ViT-L/14@336px` (case and `-`/`/` insensitive).
     pub fn preset(name: &str) -> Option<Self> {

@@ -93,18 +93,7 @@ mod tests {
     #[test]
     fn saved_folder_loads_back_identically() {
         let dir = std::env::temp_dir().join(format!("mmrl-save-hf-{}", std::process::id()));
-        let mut config = ClipConfig::default();
-        config.text_config.hidden_size = 32;
-        config.text_config.intermediate_size = 64;
-        config.text_config.num_hidden_layers = 1;
-        config.text_config.num_attention_heads = 2;
-        config.vision_config.hidden_size = 32;
-        config.vision_config.intermediate_size = 64;
-        config.vision_config.num_hidden_layers = 1;
-        config.vision_config.num_attention_heads = 2;
-        config.vision_config.image_size = 16;
-        config.vision_config.patch_size = 8;
-        config.projection_dim = 16;
+        let config = ClipConfig::small(32, 1, 2, 16, 8);
         let device = Default::default();
         let model = config.init::<B>(&device);
         save_hf(&model, &config, &dir).unwrap();

@@ -638,19 +638,9 @@ mod tests {
     }
 
     fn tiny_clip() -> Clip<B> {
-        let mut c = ClipConfig::default();
-        c.text_config.hidden_size = 8;
-        c.text_config.intermediate_size = 16;
-        c.text_config.num_hidden_layers = 1;
-        c.text_config.num_attention_heads = 1;
+        let mut c = ClipConfig::small(8, 1, 1, 8, 4);
         c.text_config.vocab_size = 20;
         c.text_config.max_position_embeddings = 12;
-        c.vision_config.hidden_size = 8;
-        c.vision_config.intermediate_size = 16;
-        c.vision_config.num_hidden_layers = 1;
-        c.vision_config.num_attention_heads = 1;
-        c.vision_config.image_size = 8;
-        c.vision_config.patch_size = 4;
         c.projection_dim = 4;
         c.init(&Default::default())
     }
