@@ -331,7 +331,9 @@ impl DemoResults {
             "base-to-novel on the generated world, mean of seeds {:?} (accuracy, %)\n\n",
             self.seeds
         );
-        s.push_str("| method   |  base | novel |    HM |\n|----------|------:|------:|------:|\n");
+        s.push_str(
+            "| method    |  base | novel |    HM |\n|-----------|------:|------:|------:|\n",
+        );
         let m = &self.methods;
         for (name, r) in [
             ("zero-shot", m.zeroshot),
@@ -339,12 +341,12 @@ impl DemoResults {
             ("MMRL", m.mmrl),
         ] {
             s.push_str(&format!(
-                "| {name:<8} | {:>5.1} | {:>5.1} | {:>5.1} |\n",
+                "| {name:<9} | {:>5.1} | {:>5.1} | {:>5.1} |\n",
                 r.base, r.novel, r.hm
             ));
         }
         s.push_str(&format!(
-            "| chance   | {:>5.1} | {:>5.1} |       |\n",
+            "| chance    | {:>5.1} | {:>5.1} |       |\n",
             self.chance.base, self.chance.novel
         ));
         s
