@@ -10,7 +10,9 @@ use serde::Serialize;
 use mmrl_data::preprocess::{self, CropRounding, PreprocessConfig};
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::loader::{load_clip, Layout, LoadedClip};
-use mmrl_model::methods::mmrl_io::load_mmrl;
+use mmrl_model::methods::{Classes, Method};
+use mmrl_train::checkpoint::{method_settings, read_header, CheckpointHeader};
+use mmrl_train::registry::{self, MethodVisitor};
 use mmrl_train::zeroshot;
 
 use crate::backend::DeviceKind;
@@ -30,8 +32,10 @@ pub enum Command {
     Demo(crate::demo_cmd::DemoArgs),
     /// Classify images with zero-shot CLIP.
     Zeroshot(ZeroshotArgs),
-    /// Classify images with an adapted CLIP (an MMRL checkpoint).
+    /// Classify images with an adapted CLIP (a checkpoint of any method).
     Predict(PredictArgs),
+    /// The methods this binary holds.
+    Methods,
     /// Datasets: list them, check a layout, print a run's few-shot split.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),
@@ -41,15 +45,6 @@ pub enum Command {
     Eval(crate::eval_cmd::EvalArgs),
     /// Collect the results of several runs into one table.
     Report(crate::eval_cmd::ReportArgs),
-}
-
-/// Adaptation methods `predict` can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Method {
-    /// MMRL (CVPR 2025).
-    Mmrl,
-    /// CoOp (IJCV 2022).
-    Coop,
 }
 
 /// What every classifying command takes: weights, images, classes, output.
@@ -66,15 +61,16 @@ pub struct ClassifyArgs {
     /// Image files or folders (folders are read in sorted order).
     #[arg(long, num_args = 1.., required = true)]
     pub images: Vec<PathBuf>,
-    /// Class names, comma-separated.
+    /// Class names, comma-separated (predict: default, the checkpoint's).
     #[arg(long, value_delimiter = ',', conflicts_with = "classes_file")]
     pub classes: Vec<String>,
     /// A file with one class name per line.
     #[arg(long)]
     pub classes_file: Option<PathBuf>,
-    /// Prompt template; `{}` is replaced by the class name.
-    #[arg(long, default_value = zeroshot::DEFAULT_TEMPLATE)]
-    pub template: String,
+    /// Prompt template; `{}` is replaced by the class name (default: a
+    /// checkpoint's, else "a photo of a {}.").
+    #[arg(long)]
+    pub template: Option<String>,
     /// Backend to run on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
@@ -96,30 +92,23 @@ pub struct ZeroshotArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub common: ClassifyArgs,
-    /// The method the checkpoint belongs to (mmrl, coop).
-    #[arg(long, value_enum, default_value_t = Method::Mmrl)]
-    pub method: Method,
-    /// The method's checkpoint: the reference's `model.pth.tar-N` or one saved by mmrl.
+    /// The method, for a checkpoint that does not record it (the
+    /// reference's; default mmrl). `mmrl methods` lists them.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// The method's checkpoint: one saved by `mmrl train` (it records the
+    /// method, its settings, the template and the class names) or the
+    /// reference's (`model.pth.tar-N`).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// The classes are novel (not trained on): use the class head only.
+    /// The classes were not trained on (novel classes, another dataset):
+    /// score them as unseen (MMRL: the class head only).
     #[arg(long)]
     pub novel: bool,
-    /// Injected layers, 1-based (default: the checkpoint's count, ending at the last layer).
-    #[arg(long, value_delimiter = ',')]
-    pub rep_layers: Option<Vec<usize>>,
-    /// CoOp: where the class name goes in the prompt (end, middle, front), as trained.
-    #[arg(long, default_value = "end", value_parser = parse_position)]
-    pub class_token_position: mmrl_model::methods::coop::ClassTokenPosition,
-    /// Weight of the class head in fused (base-class) inference.
-    #[arg(long, default_value_t = 0.7)]
-    pub alpha: f64,
-}
-
-fn parse_position(
-    s: &str,
-) -> std::result::Result<mmrl_model::methods::coop::ClassTokenPosition, String> {
-    s.parse().map_err(|e| format!("{e:?}"))
+    /// Method settings over the checkpoint's, e.g. --set mmrl.alpha=0.5,
+    /// --set 'mmrl.rep_layers=[6,7,8]', --set coop.class_token_position=middle.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
 }
 
 /// Runs a parsed command line.
@@ -151,6 +140,12 @@ pub fn run(cli: Cli) -> Result<()> {
             crate::with_backend!(args.common.device, |B, device| predict_cmd::<B>(
                 &args, &device
             ))
+        }
+        Command::Methods => {
+            for (name, summary) in registry::summaries() {
+                println!("{name:<10} {summary}");
+            }
+            Ok(())
         }
     }
 }
@@ -261,12 +256,10 @@ struct ImageResult {
     logits: Vec<f32>,
     probs: Vec<f32>,
     pred: String,
-    /// MMRL: logits of the class-token head.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    class_logits: Option<Vec<f32>>,
-    /// MMRL: logits of the representation head.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rep_logits: Option<Vec<f32>>,
+    /// The method's other heads as `<head>_logits` (MMRL: `class_logits`,
+    /// `rep_logits`).
+    #[serde(flatten)]
+    heads: std::collections::BTreeMap<String, Vec<f32>>,
 }
 
 /// Rows of a `[rows, cols]` tensor.
@@ -281,14 +274,14 @@ fn rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
 }
 
 /// Preprocesses images in batches and hands each batch to `classify`, which
-/// returns `(logits, extra heads)` per image; collects the results.
+/// returns the logits and any other named heads; collects the results.
 fn classify_images<B: Backend>(
     images: &[PathBuf],
     pre: &PreprocessConfig,
     batch_size: usize,
     classes: &[String],
     device: &B::Device,
-    mut classify: impl FnMut(Tensor<B, 4>) -> Result<(Tensor<B, 2>, Option<[Tensor<B, 2>; 2]>)>,
+    mut classify: impl FnMut(Tensor<B, 4>) -> Result<mmrl_model::methods::Prediction<B>>,
 ) -> Result<Vec<ImageResult>> {
     let mut results = Vec::with_capacity(images.len());
     for chunk in images.chunks(batch_size.max(1)) {
@@ -300,13 +293,15 @@ fn classify_images<B: Backend>(
         let batch =
             Tensor::<B, 1>::from_data(TensorData::new(pixels, [chunk.len() * pre.numel()]), device)
                 .reshape([chunk.len(), 3, side, side]);
-        let (logits, heads) = classify(batch)?;
+        let prediction = classify(batch)?;
+        let logits = prediction.logits;
         let probs = rows(burn::tensor::activation::softmax(logits.clone(), 1))?;
         let logits = rows(logits)?;
-        let (mut class_rows, mut rep_rows) = match heads {
-            Some([c, r]) => (Some(rows(c)?.into_iter()), Some(rows(r)?.into_iter())),
-            None => (None, None),
-        };
+        let mut heads = prediction
+            .heads
+            .into_iter()
+            .map(|(name, t)| Ok((format!("{name}_logits"), rows(t)?.into_iter())))
+            .collect::<Result<Vec<_>>>()?;
         for ((path, logits), probs) in chunk.iter().zip(logits).zip(probs) {
             let best = argmax(&logits);
             results.push(ImageResult {
@@ -314,8 +309,10 @@ fn classify_images<B: Backend>(
                 pred: classes[best].clone(),
                 logits,
                 probs,
-                class_logits: class_rows.as_mut().and_then(Iterator::next),
-                rep_logits: rep_rows.as_mut().and_then(Iterator::next),
+                heads: heads
+                    .iter_mut()
+                    .filter_map(|(name, rows)| Some((name.clone(), rows.next()?)))
+                    .collect(),
             });
         }
     }
@@ -345,7 +342,6 @@ struct Setup<B: Backend> {
 
 fn setup<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> Result<Setup<B>> {
     let classes = read_classes(&args.classes, args.classes_file.as_deref())?;
-    zeroshot::check_classes(&args.template, &classes)?;
     let images = collect_images(&args.images)?;
     let clip = load_clip::<B>(&args.clip, device)
         .with_context(|| format!("loading CLIP from {}", args.clip.display()))?;
@@ -363,105 +359,134 @@ fn setup<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> Result<Setup<B>
 fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<()> {
     let args = &args.common;
     let s = setup::<B>(args, device)?;
+    let template = args
+        .template
+        .as_deref()
+        .unwrap_or(zeroshot::DEFAULT_TEMPLATE);
     let clip = &s.clip.model;
-    let text =
-        zeroshot::class_text_features(clip, &s.tokenizer, &s.classes, &args.template, device)?;
+    let text = zeroshot::class_text_features(clip, &s.tokenizer, &s.classes, template, device)?;
     let results = classify_images(
         &s.images,
         &s.pre,
         args.batch_size,
         &s.classes,
         device,
-        |batch| Ok((zeroshot::classify(clip, batch, text.clone()).logits, None)),
+        |batch| {
+            Ok(mmrl_model::methods::Prediction {
+                logits: zeroshot::classify(clip, batch, text.clone()).logits,
+                heads: Vec::new(),
+            })
+        },
     )?;
     print_results(args.json, s.classes, results)
 }
 
-fn predict_cmd<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<()> {
-    let common = &args.common;
-    let Setup {
-        classes,
-        images,
-        clip,
-        tokenizer,
-        pre,
-    } = setup::<B>(common, device)?;
-    if let Some(m) = mmrl_train::run::check_checkpoint(&args.checkpoint, &common.clip)? {
-        let want = match args.method {
-            Method::Mmrl => "mmrl",
-            Method::Coop => "coop",
+/// Classifies images with a checkpoint of any method.
+struct PredictJob<'a, B: Backend> {
+    args: &'a PredictArgs,
+    header: Option<&'a CheckpointHeader>,
+    setup: Setup<B>,
+    template: &'a str,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> MethodVisitor<B> for PredictJob<'_, B> {
+    type Out = Result<()>;
+
+    fn visit<M: Method<B>>(self) -> Result<()> {
+        let (args, common) = (self.args, &self.args.common);
+        let Setup {
+            classes,
+            images,
+            clip,
+            tokenizer,
+            pre,
+        } = self.setup;
+        let settings: M::Config =
+            method_settings(&args.checkpoint, self.header, M::NAME, &args.set)?;
+        let vocab_check = clip.model.clone();
+        let model =
+            M::load(&settings, clip.model, &args.checkpoint, self.device).with_context(|| {
+                format!(
+                    "loading the {} checkpoint {}",
+                    M::NAME,
+                    args.checkpoint.display()
+                )
+            })?;
+        let settings = model.config();
+        eprintln!(
+            "{}: {} trainable parameters; settings {}",
+            M::NAME,
+            model.num_trainable_params(),
+            serde_json::to_string(&settings)?
+        );
+        let prompts = zeroshot::class_prompts::<B, M, B>(
+            &settings,
+            &tokenizer,
+            &vocab_check,
+            &classes,
+            self.template,
+        )?;
+        let model = model.set_classes(&prompts)?;
+        // Text features once for the class set.
+        let text = model.text();
+        let scored_as = if args.novel {
+            Classes::Unseen
+        } else {
+            Classes::Seen
         };
-        if m != want {
-            bail!(
-                "{} is a {m} checkpoint; pass --method {m}",
-                args.checkpoint.display()
-            );
-        }
-    }
-    if args.method == Method::Coop {
-        let model = mmrl_model::methods::coop_io::load_coop(
-            &args.checkpoint,
-            clip.model,
-            args.class_token_position,
-            device,
-        )
-        .with_context(|| format!("loading the CoOp checkpoint {}", args.checkpoint.display()))?;
-        let cfg = mmrl_model::methods::coop::CoopConfig {
-            n_ctx: model.n_ctx(),
-            class_token_position: args.class_token_position,
-            ..Default::default()
-        };
-        let prompts = mmrl_train::method::PromptIds::new(&cfg, &tokenizer, &classes)?;
-        let text = model.text_features(&prompts.tensors::<B>(device));
         let results = classify_images(
             &images,
             &pre,
             common.batch_size,
             &classes,
-            device,
-            |batch| Ok((model.logits(batch, text.clone()), None)),
+            self.device,
+            |batch| Ok(model.predict(batch, &text, scored_as)),
         )?;
-        return print_results(common.json, classes, results);
+        print_results(common.json, classes, results)
     }
-    let model = load_mmrl(
+}
+
+fn predict_cmd<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<()> {
+    let common = &args.common;
+    let header = read_header(&args.checkpoint, &common.clip)?;
+    let method = crate::eval_cmd::checkpoint_method(
+        args.method.as_deref(),
+        header.as_ref(),
         &args.checkpoint,
-        clip.model,
-        args.rep_layers.clone(),
-        args.alpha,
-        device,
-    )
-    .with_context(|| format!("loading the MMRL checkpoint {}", args.checkpoint.display()))?;
-    eprintln!(
-        "MMRL: K = {}, injected layers {:?} (1-based), {} trainable parameters",
-        model.representation_learner.n_tokens(),
-        model.rep_layers.iter().map(|l| l + 1).collect::<Vec<_>>(),
-        model.num_trainable_params()
-    );
-    // Text features once for the class set, from the cached lower layers.
-    let batch = zeroshot::encode_prompts(&tokenizer, &model.clip, &classes, &common.template)?;
-    let (ids, eot) = zeroshot::token_tensors::<B>(&batch, device);
-    let text = model.text_features(model.text_lower(ids), eot);
-    let alpha = model.alpha;
-    let results = classify_images(
-        &images,
-        &pre,
-        common.batch_size,
-        &classes,
-        device,
-        |batch| {
-            let image = model.image_features(model.image_lower(batch));
-            let logits = model.logits(&image, text.clone());
-            // Decoupled inference: base classes fuse both heads; novel classes
-            // and other datasets use the class head only.
-            let chosen = if args.novel {
-                logits.class.clone()
-            } else {
-                logits.fused(alpha)
-            };
-            Ok((chosen, Some([logits.class, logits.rep])))
-        },
+        Some("mmrl"),
     )?;
-    print_results(common.json, classes, results)
+    let mut setup = setup::<B>(common, device)?;
+    if setup.classes.is_empty() {
+        if let Some(h) = header.as_ref().filter(|h| !h.classes.is_empty()) {
+            eprintln!(
+                "note: the {} classes the checkpoint was trained on (give --classes for others)",
+                h.classes.len()
+            );
+            setup.classes = h.classes.clone();
+        }
+    }
+    let recorded_template = header
+        .as_ref()
+        .map(|h| h.template.clone())
+        .filter(|t| !t.is_empty());
+    let template = crate::eval_cmd::flag_or_recorded(
+        "template",
+        common.template.clone(),
+        recorded_template,
+        zeroshot::DEFAULT_TEMPLATE.to_string(),
+    );
+    zeroshot::check_classes(&template, &setup.classes)?;
+    registry::with_method::<B, _>(
+        &method,
+        PredictJob {
+            args,
+            header: header.as_ref(),
+            setup,
+            template: &template,
+            device,
+        },
+    )?
 }
 
 fn argmax(v: &[f32]) -> usize {

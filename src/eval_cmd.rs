@@ -1,7 +1,7 @@
 //! `mmrl eval` (a trained checkpoint on a dataset's test split) and
 //! `mmrl report` (several runs in one table).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
@@ -9,14 +9,18 @@ use clap::Args;
 
 use mmrl_data::dataset::{self, Request};
 use mmrl_data::few_shot::Subsample;
-use mmrl_data::loader::{ImageLoader, LoaderMode, Sample};
+use mmrl_data::loader::{ImageLoader, LoaderMode};
 use mmrl_data::preprocess::{CropRounding, PreprocessConfig};
+use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::loader::load_clip;
-use mmrl_model::methods::coop::{ClassTokenPosition, CoopConfig};
-use mmrl_model::methods::coop_io::load_coop;
-use mmrl_model::methods::mmrl_io::load_mmrl;
-use mmrl_train::method::{class_text, evaluate_coop, evaluate_mmrl, Head, PromptIds};
-use mmrl_train::run::{check_checkpoint, RunReport};
+use mmrl_model::clip::Clip;
+use mmrl_model::methods::{Classes, Method};
+use mmrl_train::checkpoint::{method_settings, read_header, CheckpointHeader};
+use mmrl_train::eval::{evaluate, Tally};
+use mmrl_train::protocol::samples;
+use mmrl_train::registry::{self, MethodVisitor};
+use mmrl_train::results::RunReport;
+use mmrl_train::zeroshot::class_prompts;
 
 use crate::backend::DeviceKind;
 use crate::cli::pick_tokenizer;
@@ -24,7 +28,9 @@ use crate::data_cmd::{DatasetArgs, SubsampleArg};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A checkpoint written by `mmrl train` (mmrl.safetensors, coop.safetensors).
+    /// A checkpoint written by `mmrl train` (`<method>.safetensors`): it
+    /// records the method, its settings, the template and the few-shot
+    /// draw, which the flags below override (with a notice).
     #[arg(long)]
     pub checkpoint: PathBuf,
     #[command(flatten)]
@@ -34,33 +40,132 @@ pub struct EvalArgs {
     pub clip: PathBuf,
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Which classes to score: base, novel (MMRL: class head) or all.
+    /// The method, for a checkpoint that does not record it (the reference's).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Which classes to score: base, novel (scored as unseen classes) or all.
     #[arg(long, value_enum, default_value_t = SubsampleArg::All)]
     pub subsample: SubsampleArg,
-    /// Few-shot draw that defines the base/novel halves (as in training).
-    #[arg(long, default_value_t = 16)]
-    pub shots: usize,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// MMRL: score with the class head only (novel classes, other datasets).
+    /// Few-shot draw that defines the base/novel halves (default: the checkpoint's, else 16).
     #[arg(long)]
-    pub class_head: bool,
-    /// Prompt template; default: the dataset's.
+    pub shots: Option<usize>,
+    /// Seed of that draw (default: the checkpoint's, else 1).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Score the classes as unseen (MMRL: the class head only), whatever --subsample says.
+    #[arg(long)]
+    pub unseen: bool,
+    /// Prompt template (default: the checkpoint's, else the dataset's).
     #[arg(long)]
     pub template: Option<String>,
+    /// Method settings over the checkpoint's, e.g. --set mmrl.alpha=0.5.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
 }
 
-pub fn eval_cmd<B: Backend>(a: &EvalArgs, device: &B::Device) -> Result<()> {
-    let method = check_checkpoint(&a.checkpoint, &a.clip)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "{}: not a checkpoint written by `mmrl train` (no method recorded); use `mmrl predict --method ...` for reference checkpoints",
-            a.checkpoint.display()
+/// The method a command runs: the flag, else the checkpoint's, else
+/// `fallback`. A flag that contradicts the checkpoint is an error: the
+/// tensors would not fit.
+pub fn checkpoint_method(
+    flag: Option<&str>,
+    header: Option<&CheckpointHeader>,
+    checkpoint: &Path,
+    fallback: Option<&str>,
+) -> Result<String> {
+    let recorded = header.map(|h| h.method.as_str()).filter(|m| !m.is_empty());
+    if let (Some(f), Some(r)) = (flag, recorded) {
+        if f != r {
+            return Err(mmrl_train::Error::WrongMethod {
+                path: checkpoint.into(),
+                found: r.into(),
+            }
+            .into());
+        }
+    }
+    let method = flag.or(recorded).or(fallback).with_context(|| {
+        format!(
+            "{} records no method (not written by `mmrl train`); pass --method ({})",
+            checkpoint.display(),
+            registry::names().join(", ")
         )
     })?;
+    registry::check(method)?;
+    Ok(method.into())
+}
+
+/// A value from a flag, else from the checkpoint (a flag that contradicts
+/// the checkpoint wins, with a notice), else a default.
+pub fn flag_or_recorded<T: PartialEq + std::fmt::Debug + Clone>(
+    what: &str,
+    flag: Option<T>,
+    recorded: Option<T>,
+    default: T,
+) -> T {
+    match (flag, recorded) {
+        (Some(f), Some(r)) => {
+            if f != r {
+                eprintln!("note: --{what} {f:?} overrides the checkpoint's {r:?}");
+            }
+            f
+        }
+        (Some(f), None) => f,
+        (None, Some(r)) => r,
+        (None, None) => default,
+    }
+}
+
+/// Scores a checkpoint of any method on one class set.
+struct EvalJob<'a, B: Backend> {
+    args: &'a EvalArgs,
+    header: Option<&'a CheckpointHeader>,
+    clip: Clip<B>,
+    tokenizer: &'a ClipTokenizer,
+    classes: &'a [String],
+    template: &'a str,
+    scored_as: Classes,
+    loader: &'a ImageLoader<B>,
+    device: &'a B::Device,
+}
+
+impl<B: Backend> MethodVisitor<B> for EvalJob<'_, B> {
+    type Out = Result<Tally>;
+
+    fn visit<M: Method<B>>(self) -> Result<Tally> {
+        let a = self.args;
+        let settings: M::Config = method_settings(&a.checkpoint, self.header, M::NAME, &a.set)?;
+        let vocab_check = self.clip.clone();
+        let model =
+            M::load(&settings, self.clip, &a.checkpoint, self.device).with_context(|| {
+                format!(
+                    "loading the {} checkpoint {}",
+                    M::NAME,
+                    a.checkpoint.display()
+                )
+            })?;
+        let prompts = class_prompts::<B, M, B>(
+            &model.config(),
+            self.tokenizer,
+            &vocab_check,
+            self.classes,
+            self.template,
+        )?;
+        let model = model.set_classes(&prompts)?;
+        let text = model.text();
+        Ok(evaluate(self.loader, |images| {
+            model.predict(images, &text, self.scored_as).logits
+        })?)
+    }
+}
+
+pub fn eval_cmd<B: Backend>(a: &EvalArgs, device: &B::Device) -> Result<()> {
+    let header = read_header(&a.checkpoint, &a.clip)?;
+    let method = checkpoint_method(a.method.as_deref(), header.as_ref(), &a.checkpoint, None)?;
+    let shots = flag_or_recorded("shots", a.shots, header.as_ref().and_then(|h| h.shots), 16);
+    let seed = flag_or_recorded("seed", a.seed, header.as_ref().and_then(|h| h.seed), 1);
     let loaded = load_clip::<B>(&a.clip, device)
         .with_context(|| format!("loading CLIP from {}", a.clip.display()))?;
     let tokenizer = pick_tokenizer(a.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
@@ -78,51 +183,48 @@ pub fn eval_cmd<B: Backend>(a: &EvalArgs, device: &B::Device) -> Result<()> {
     let data = dataset::prepare(
         &splits,
         &Request {
-            shots: a.shots,
-            seed: a.seed,
+            shots,
+            seed,
             subsample,
             manifest: None,
         },
     )?;
-    let template = a.template.clone().unwrap_or_else(|| data.template.clone());
+    let recorded_template = header
+        .as_ref()
+        .map(|h| h.template.clone())
+        .filter(|t| !t.is_empty());
+    let template = flag_or_recorded(
+        "template",
+        a.template.clone(),
+        recorded_template,
+        data.template.clone(),
+    );
     let loader = ImageLoader::<B>::new(
-        data.test
-            .iter()
-            .map(|i| Sample {
-                path: i.path.clone(),
-                label: i.label,
-            })
-            .collect(),
+        samples(&data.test),
         LoaderMode::Eval { config: pre },
         a.batch_size,
         2,
         device.clone(),
     );
-    let tally = match method.as_str() {
-        "mmrl" => {
-            let model = load_mmrl(&a.checkpoint, loaded.model, None, 0.7, device)?;
-            let text = class_text(&model, &tokenizer, &data.classes, &template, device)?;
-            let head = if a.class_head || subsample == Subsample::Novel {
-                Head::Class
-            } else {
-                Head::Fused
-            };
-            evaluate_mmrl(&model, &text, head, &loader)?
-        }
-        "coop" => {
-            let model = load_coop(&a.checkpoint, loaded.model, ClassTokenPosition::End, device)?;
-            let cfg = CoopConfig {
-                n_ctx: model.n_ctx(),
-                ..Default::default()
-            };
-            evaluate_coop(
-                &model,
-                &PromptIds::new(&cfg, &tokenizer, &data.classes)?,
-                &loader,
-            )?
-        }
-        other => bail!("{}: unknown method {other:?}", a.checkpoint.display()),
+    let scored_as = if a.unseen || subsample == Subsample::Novel {
+        Classes::Unseen
+    } else {
+        Classes::Seen
     };
+    let tally = registry::with_method::<B, _>(
+        &method,
+        EvalJob {
+            args: a,
+            header: header.as_ref(),
+            clip: loaded.model,
+            tokenizer: &tokenizer,
+            classes: &data.classes,
+            template: &template,
+            scored_as,
+            loader: &loader,
+            device,
+        },
+    )??;
     let out = serde_json::json!({
         "method": method,
         "dataset": data.dataset,

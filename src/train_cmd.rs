@@ -1,31 +1,43 @@
 //! `mmrl train`: one method, one dataset, one protocol, several seeds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use clap::Args;
 
+use mmrl_data::dataset::Source;
 use mmrl_data::preprocess::{CropRounding, PreprocessConfig};
 use mmrl_model::clip::loader::load_clip;
-use mmrl_train::method::MethodKind;
-use mmrl_train::run::{self, Protocol, RunPaths, TrainConfig};
+use mmrl_model::methods::Method;
+use mmrl_train::config::{recipe_for, Protocol, TrainConfig};
+use mmrl_train::registry::{self, MethodVisitor};
+use mmrl_train::run::{self, RunPaths};
 
 use crate::backend::DeviceKind;
 use crate::cli::pick_tokenizer;
-use crate::data_cmd::DatasetArgs;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// zeroshot, coop or mmrl (default: the config's, else mmrl).
-    #[arg(long, value_parser = parse_method)]
-    pub method: Option<MethodKind>,
-    #[command(flatten)]
-    pub data: DatasetArgs,
-    /// CLIP weights: a Hugging Face folder or an OpenAI/open_clip file.
+    /// The method: zeroshot, coop, mmrl (`mmrl methods`). Default: the
+    /// config's, else mmrl.
     #[arg(long)]
-    pub clip: PathBuf,
+    pub method: Option<String>,
+    /// oxford_pets, eurosat, imagenet, ... (`mmrl data list`), or folder / csv.
+    #[arg(long)]
+    pub dataset: String,
+    /// The folder holding the dataset folders (CoOp's $DATA); for
+    /// `--dataset folder` the dataset's folder, for `--dataset csv` the CSV file.
+    #[arg(long, required_unless_present = "dry_run")]
+    pub root: Option<PathBuf>,
+    /// Custom datasets: class names (folder: `<folder> <name>` lines; csv:
+    /// one name per line, line i names label i).
+    #[arg(long)]
+    pub classnames: Option<PathBuf>,
+    /// CLIP weights: a Hugging Face folder or an OpenAI/open_clip file.
+    #[arg(long, required_unless_present = "dry_run")]
+    pub clip: Option<PathBuf>,
     /// tokenizer.json or bpe_simple_vocab_16e6.txt.gz (default: next to the weights, else bundled).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -42,18 +54,23 @@ pub struct TrainArgs {
     pub epochs: Option<usize>,
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// A TOML config (configs/); flags and --set override it.
+    /// A TOML config; default: the recipe the reference scripts use for this
+    /// method, protocol, dataset (and shots), from configs/. Flags and --set
+    /// override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// key=value overrides of the config, e.g. --set mmrl.reg_weight=0.5.
     #[arg(long = "set")]
     pub set: Vec<String>,
+    /// Print the resolved config as TOML and exit (reads no data or weights).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Backend to run on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
     /// Where results, checkpoints and logs go.
-    #[arg(long)]
-    pub output: PathBuf,
+    #[arg(long, required_unless_present = "dry_run")]
+    pub output: Option<PathBuf>,
     /// Log and skip corrupt or missing images instead of stopping with the path and reason.
     #[arg(long)]
     pub skip_bad_images: bool,
@@ -65,39 +82,54 @@ pub struct TrainArgs {
     pub interrupt_after_epoch: Option<usize>,
 }
 
-fn parse_method(s: &str) -> std::result::Result<MethodKind, String> {
-    match s {
-        "zeroshot" => Ok(MethodKind::Zeroshot),
-        "mmrl" => Ok(MethodKind::Mmrl),
-        "coop" => Ok(MethodKind::Coop),
-        _ => Err(format!("unknown method {s:?}: zeroshot, coop or mmrl")),
-    }
-}
-
 fn parse_protocol(s: &str) -> std::result::Result<Protocol, String> {
-    match s {
-        "base2novel" | "b2n" => Ok(Protocol::Base2novel),
-        "fewshot" | "fs" => Ok(Protocol::Fewshot),
-        "cross" | "cd" => Ok(Protocol::Cross),
-        "dg" => Ok(Protocol::Dg),
-        _ => Err(format!(
-            "unknown protocol {s:?}: base2novel, fewshot, cross or dg"
-        )),
+    Protocol::parse(s)
+        .ok_or_else(|| format!("unknown protocol {s:?}: base2novel, fewshot, cross or dg"))
+}
+
+/// Writes a method's resolved settings (its per-dataset defaults under the
+/// config's table) into the config.
+struct ResolveSettings<'a> {
+    cfg: &'a mut TrainConfig,
+    /// Dassl's name of the training dataset; empty for custom datasets.
+    dataset: &'a str,
+}
+
+impl<B: Backend> MethodVisitor<B> for ResolveSettings<'_> {
+    type Out = mmrl_train::Result<()>;
+    fn visit<M: Method<B>>(self) -> Self::Out {
+        self.cfg
+            .resolve_method::<M::Config>(M::NAME, self.dataset)
+            .map(|_| ())
     }
 }
 
-/// The resolved config: file, then flags, then `--set`.
-pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
-    let mut cfg = match &a.config {
+/// The resolved config (recipe or `--config`, then flags, then `--set`) and
+/// where it started from.
+pub fn resolve_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
+    let source = Source::parse(&a.dataset)?;
+    let (stem, dassl) = match source {
+        Source::Benchmark(b) => (Some(b.info().stem), b.info().name),
+        _ => (None, ""),
+    };
+    let (mut cfg, origin) = match &a.config {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            TrainConfig::from_toml(&text, p)?
+            (TrainConfig::from_toml(&text, p)?, p.display().to_string())
         }
-        None => TrainConfig::defaults_for(a.method.unwrap_or(MethodKind::Mmrl)),
+        None => {
+            let method = a.method.as_deref().unwrap_or("mmrl");
+            registry::check(method)?;
+            let protocol = a.protocol.unwrap_or(Protocol::Base2novel);
+            let shots = a.shots.unwrap_or(16);
+            let (name, text) = recipe_for(method, protocol, stem, shots)?;
+            let origin = format!("configs/{name}");
+            (TrainConfig::from_toml(text, Path::new(&origin))?, origin)
+        }
     };
-    if let Some(m) = a.method {
-        cfg.method = m;
+    if let Some(m) = &a.method {
+        cfg.method = m.clone();
     }
     if let Some(p) = a.protocol {
         cfg.protocol = p;
@@ -120,21 +152,30 @@ pub fn resolve_config(a: &TrainArgs) -> Result<TrainConfig> {
     for s in &a.set {
         cfg.set(s)?;
     }
-    if cfg.seeds.is_empty() {
-        anyhow::bail!("no seeds: give --seeds 1,2,3");
-    }
-    if cfg.epochs == 0 || cfg.batch_size == 0 {
-        anyhow::bail!("epochs and batch_size must be at least 1");
-    }
-    Ok(cfg)
+    cfg.validate()?;
+    let method = cfg.method.clone();
+    registry::with_method::<burn::backend::Flex, _>(
+        &method,
+        ResolveSettings {
+            cfg: &mut cfg,
+            dataset: dassl,
+        },
+    )??;
+    Ok((cfg, origin))
 }
 
 /// Trains on `Autodiff<B>`; frozen work and evaluation run on `B`.
 pub fn train_cmd<B: Backend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
-    let cfg = resolve_config(a)?;
-    println!("# resolved config\n{}", cfg.to_toml());
-    let loaded = load_clip::<B>(&a.clip, device)
-        .with_context(|| format!("loading CLIP from {}", a.clip.display()))?;
+    let (cfg, origin) = resolve_config(a)?;
+    println!("# recipe: {origin}\n# resolved config\n{}", cfg.to_toml());
+    if a.dry_run {
+        return Ok(());
+    }
+    let (Some(clip), Some(root), Some(output)) = (&a.clip, &a.root, &a.output) else {
+        bail!("--clip, --root and --output are needed to train (only --dry-run goes without)");
+    };
+    let loaded = load_clip::<B>(clip, device)
+        .with_context(|| format!("loading CLIP from {}", clip.display()))?;
     let tokenizer = pick_tokenizer(a.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
     let size = loaded.config.vision_config.image_size;
     let pre = PreprocessConfig {
@@ -142,19 +183,18 @@ pub fn train_cmd<B: Backend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
         ..PreprocessConfig::for_image_size(size)
     };
     let paths = RunPaths {
-        dataset: a.data.source()?,
-        root: a.data.root.clone(),
-        classnames: a.data.classnames.clone(),
-        clip: a.clip.clone(),
-        output: a.output.clone(),
+        dataset: Source::parse(&a.dataset)?,
+        root: root.clone(),
+        classnames: a.classnames.clone(),
+        clip: clip.clone(),
+        output: output.clone(),
         resume: a.resume,
         interrupt_after_epoch: a.interrupt_after_epoch,
     };
-    let report = run::run::<Autodiff<B>>(&cfg, &paths, &loaded.model, &tokenizer, &pre, device)?;
+    run::run::<Autodiff<B>>(&cfg, &paths, &loaded.model, &tokenizer, &pre, device)?;
     print!(
         "{}",
-        std::fs::read_to_string(a.output.join("results.md")).unwrap_or_default()
+        std::fs::read_to_string(output.join("results.md")).unwrap_or_default()
     );
-    let _ = report;
     Ok(())
 }

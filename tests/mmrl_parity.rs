@@ -6,6 +6,7 @@
 mod common;
 
 use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use common::*;
 use mmrl::data::ClipTokenizer;
@@ -13,6 +14,8 @@ use mmrl::model::clip::l2_normalize;
 use mmrl::model::clip::loader::load_clip;
 use mmrl::model::methods::mmrl::Mmrl;
 use mmrl::model::methods::mmrl_io::{load_mmrl, save_mmrl_safetensors};
+use mmrl::model::methods::{ClassPrompts, Method};
+use mmrl::train::loss::MethodLoss;
 use mmrl::train::mmrl_loss::{mmrl_loss, MmrlLossWeights};
 use mmrl::train::zeroshot::{prompt, token_tensors};
 
@@ -179,15 +182,37 @@ fn features_logits_and_loss_match_the_reference() {
 #[test]
 fn gradients_match_the_reference_and_clip_stays_frozen() {
     type AB = Autodiff<B>;
-    let model = load::<AB>("mmrl_params.safetensors");
+    let mut model = load::<AB>("mmrl_params.safetensors");
+    model.reg_weight = WEIGHTS.reg_weight;
+    assert_eq!(model.alpha, WEIGHTS.alpha);
     let x = inputs::<AB>(true);
-    // As training runs it: frozen lower layers on the inner backend, once.
-    let text = model.text_features(model.text_lower_frozen(x.ids.clone()), x.eot.clone());
-    let image = model.image_features(model.image_lower_frozen(x.images.clone()));
-    let logits = model.logits(&image, text.clone());
-    let zs_image = model.clip.encode_image(x.images).detach();
-    let zs_text = model.clip.encode_text(x.ids, x.eot).detach();
-    let loss = mmrl_loss(&logits, x.labels, &image, text, zs_image, zs_text, WEIGHTS);
+    // As the trainer runs it: the class set's frozen parts once, on the
+    // inner backend (`set_classes`), then `Method::forward` (the lower image
+    // layers once, shared by the zero-shot target and the injected path)
+    // and MMRL's `MethodLoss`.
+    let [rows, seq] = x.ids.dims();
+    let host = |t: Tensor<AB, 1, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let prompts = ClassPrompts {
+        classes: (0..rows).map(|i| i.to_string()).collect(),
+        ids: host(x.ids.clone().reshape([rows * seq])),
+        seq,
+        eot: host(x.eot.clone()),
+        name_lens: vec![1; rows],
+    };
+    let model = Mmrl::<AB>::from_inner(model.valid().set_classes(&prompts).unwrap());
+    let output = Method::forward(&model, x.images.clone());
+    let loss = MethodLoss::loss(&model, output, x.labels);
+    let names = <Mmrl<AB> as MethodLoss<AB>>::TERMS;
+    for (name, term) in names.iter().zip(loss.terms) {
+        let tol = if name.starts_with("reg") { 1e-5 } else { 1e-4 };
+        assert_close(
+            &format!("loss {name}"),
+            &vec(term),
+            &format!("loss_{name}"),
+            tol,
+        );
+    }
+    assert_close("loss total", &vec(loss.total.clone()), "loss_total", 1e-4);
     let grads = loss.total.backward();
     let rl = &model.representation_learner;
     let g2 =

@@ -79,6 +79,12 @@ fn train(root: &Path, out: &Path, seeds: &str) -> Value {
         stdout.contains("epoch 3/3 train"),
         "one line per epoch: {stdout}"
     );
+    // MMRL's loss terms are Burn metrics in the epoch line; no validation
+    // pass runs unless the config asks for one.
+    for term in ["ce_class", "ce_rep", "reg_image", "reg_text"] {
+        assert!(stdout.contains(term), "{term}: {stdout}");
+    }
+    assert!(!stdout.contains(" valid: "), "{stdout}");
     serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
 }
 
@@ -204,6 +210,82 @@ fn base_to_novel_over_two_seeds_writes_results_and_small_checkpoints() {
 }
 
 #[test]
+fn eval_takes_method_settings_from_the_checkpoint() {
+    let tmp = TempDir::new("train-settings");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let out = tmp.path().join("run");
+    let o = train_with(
+        &root,
+        &out,
+        "1",
+        &["--set", "mmrl.alpha=0.2", "--set", "mmrl.rep_layers=[1]"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let ckpt = out.join("seed1/mmrl.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    let settings: Value = serde_json::from_str(&meta["method_config"]).unwrap();
+    assert_eq!(settings["alpha"], 0.2);
+    assert_eq!(settings["rep_layers"], serde_json::json!([1]));
+    let classes: Vec<String> = serde_json::from_str(&meta["classes"]).unwrap();
+    assert_eq!(classes.len(), 3);
+    assert_eq!((meta["seed"].as_str(), meta["shots"].as_str()), ("1", "2"));
+    let clip = clip_fixture("tiny_hf");
+    let eval = |sub: &str, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--dataset",
+            "folder",
+            "--root",
+            root.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--subsample",
+            sub,
+        ];
+        args.extend_from_slice(extra);
+        let o = mmrl(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let e: Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            e["accuracy"].clone(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // No method flags, no --shots/--seed: all from the checkpoint.
+    for (sub, key) in [("base", "base"), ("novel", "novel")] {
+        let (acc, _) = eval(sub, &[]);
+        assert_eq!(acc, r["seeds"][0][key], "{sub}");
+    }
+    // A flag that contradicts the checkpoint wins, with a notice.
+    let (_, stderr) = eval("base", &["--set", "mmrl.alpha=0.7"]);
+    assert!(stderr.contains("override"), "{stderr}");
+    let (_, stderr) = eval("base", &["--seed", "2"]);
+    assert!(stderr.contains("--seed 2 overrides"), "{stderr}");
+    // A method flag that contradicts it is refused: the tensors would not fit.
+    let o = mmrl(&[
+        "eval",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--method",
+        "coop",
+        "--dataset",
+        "folder",
+        "--root",
+        root.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&o, &["mmrl checkpoint", "--method mmrl"]);
+}
+
+#[test]
 fn bad_training_arguments_are_clear_errors() {
     let tmp = TempDir::new("train-bad");
     let root = tmp.path().join("data");
@@ -226,8 +308,10 @@ fn bad_training_arguments_are_clear_errors() {
     ]);
     assert_clean_failure(&o, &["no_such_key"]);
 
-    // A corrupt image stops the run with its path; --skip-bad-images goes on.
-    std::fs::write(root.join("class_1/3.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
+    // A corrupt training image stops the run with its path; --skip-bad-images
+    // goes on. (class_1/2.png is in seed 1's training draw; the validation
+    // split is not read, as the reference never validates.)
+    std::fs::write(root.join("class_1/2.png"), b"\x89PNG\r\n\x1a\ngarbage").unwrap();
     let run = |extra: &[&str], out: &str| {
         let mut args = vec![
             "train",
@@ -256,7 +340,7 @@ fn bad_training_arguments_are_clear_errors() {
         mmrl(&args)
     };
     let o = run(&[], "corrupt");
-    assert_clean_failure(&o, &["class_1/3.png"]);
+    assert_clean_failure(&o, &["class_1/2.png"]);
     let o = run(&["--skip-bad-images"], "skipped");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
@@ -268,7 +352,10 @@ fn coop_and_zero_shot_run_through_the_same_trainer_and_reports() {
     make_dataset(&root);
     let clip = clip_fixture("tiny_hf");
     for (method, extra) in [
-        ("coop", vec!["--set", "coop.n_ctx=4"]),
+        (
+            "coop",
+            vec!["--set", "coop.n_ctx=4", "--set", "val_every=1"],
+        ),
         ("zeroshot", vec![]),
     ] {
         let out = tmp.path().join(method);
@@ -305,6 +392,11 @@ fn coop_and_zero_shot_run_through_the_same_trainer_and_reports() {
                 .unwrap();
         assert_eq!(r["method"], method);
         assert_eq!(r["seeds"].as_array().unwrap().len(), 2);
+        if method == "coop" {
+            // `val_every = 1`: a validation line after every epoch.
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(stdout.contains("epoch 2/2 valid: "), "{stdout}");
+        }
         assert!(r["mean"]["hm"].is_number());
     }
     let ckpt = std::fs::read(tmp.path().join("coop/seed1/coop.safetensors")).unwrap();

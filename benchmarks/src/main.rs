@@ -3,7 +3,12 @@
 //! ```text
 //! mmrl-bench --backend ndarray|flex|wgpu|cuda [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
 //! mmrl-bench --what loader [--workers N] [--cache] [--images 256] [--epochs 3] [--dir DIR]
+//! mmrl-bench --what mmrl-step [--backend flex] [--batch 4] [--prompts 100] [--iters 3]
 //! ```
+//! `--what mmrl-step` times one MMRL training step (forward, loss, backward)
+//! with the frozen lower image layers run twice (as before the method
+//! interface) and once (as the trainer runs it now); `--prompts` is the
+//! number of classes.
 //! `--what loader` times the training data pipeline alone (decode, random
 //! resized crop to 224, flip, normalise, batches of 32 as tensors on flex) over
 //! synthetic 500×375 JPEG photos written to `--dir` once (default: a folder in
@@ -18,6 +23,8 @@ use std::time::Instant;
 use burn::prelude::*;
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::{Clip, ClipConfig};
+
+mod mmrl_step;
 
 /// CIFAR-100 class names: realistic prompt lengths.
 const CLASSES: &str = "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm";
@@ -253,6 +260,24 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if args.what == "mmrl-step" {
+        let result = match args.backend.as_str() {
+            "flex" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::Flex>>(
+                &args,
+                Default::default(),
+            ),
+            "ndarray" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+                &args,
+                Default::default(),
+            ),
+            other => Err(format!("mmrl-step runs on flex or ndarray, not {other}")),
+        };
+        if let Err(e) = result {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if args.what == "loader" {
         if let Err(e) = loader::run(&args) {
             eprintln!("error: {e}");

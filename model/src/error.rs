@@ -58,6 +58,20 @@ pub enum Error {
         key: String,
         dtype: String,
     },
+    /// A method's setting is out of range or does not fit the CLIP it is
+    /// built on.
+    #[error("[{method}] {key}: {msg}")]
+    MethodConfig {
+        /// The method's name (its TOML table).
+        method: &'static str,
+        /// The setting at fault.
+        key: &'static str,
+        /// What is wrong and what would be right.
+        msg: String,
+    },
+    /// A class set's prompts do not fit the method.
+    #[error("{method}: the class prompts do not fit: {msg}")]
+    Prompts { method: &'static str, msg: String },
     /// The path is neither a weights file nor a Hugging Face model folder.
     #[error("{path}: {msg}")]
     BadPath { path: PathBuf, msg: String },

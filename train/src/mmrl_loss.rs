@@ -10,7 +10,9 @@
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use mmrl_model::clip::l2_normalize;
-use mmrl_model::methods::mmrl::{MmrlImageFeatures, MmrlLogits};
+use mmrl_model::methods::mmrl::{Mmrl, MmrlImageFeatures, MmrlLogits, MmrlOutput};
+
+use crate::loss::{Loss, MethodLoss};
 
 /// Each term of the loss and their weighted sum.
 pub struct MmrlLoss<B: Backend> {
@@ -74,5 +76,32 @@ pub fn mmrl_loss<B: Backend>(
         ce_rep,
         reg_image,
         reg_text,
+    }
+}
+
+/// MMRL trains on [`mmrl_loss`] with the model's α and λ; its training
+/// accuracy is read from the fused logits.
+impl<B: Backend> MethodLoss<B> for Mmrl<B> {
+    const TERMS: &'static [&'static str] = &["ce_class", "ce_rep", "reg_image", "reg_text"];
+
+    fn loss(&self, out: MmrlOutput<B>, labels: Tensor<B, 1, Int>) -> Loss<B> {
+        let weights = MmrlLossWeights {
+            alpha: self.alpha,
+            reg_weight: self.reg_weight,
+        };
+        let loss = mmrl_loss(
+            &out.logits,
+            labels,
+            &out.image,
+            out.text,
+            out.zs_image,
+            out.zs_text,
+            weights,
+        );
+        Loss {
+            total: loss.total,
+            logits: out.logits.fused(self.alpha),
+            terms: vec![loss.ce_class, loss.ce_rep, loss.reg_image, loss.reg_text],
+        }
     }
 }

@@ -317,13 +317,11 @@ pub fn pretrain<B: AutodiffBackend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<Clip<B::InnerBackend>> {
-    cfg.clip.validate().map_err(|msg| Error::Config {
-        path: "pretrain".into(),
-        msg,
-    })?;
+    cfg.clip
+        .validate()
+        .map_err(|msg| Error::PretrainConfig { msg })?;
     if tokenizer.vocab_size() > cfg.clip.text_config.vocab_size {
-        return Err(Error::Config {
-            path: "pretrain".into(),
+        return Err(Error::PretrainConfig {
             msg: format!(
                 "the tokenizer has {} tokens, more than the model's vocab_size {}",
                 tokenizer.vocab_size(),

@@ -1,5 +1,6 @@
-//! One readable line per epoch: loss, accuracy, learning rate and images/s
-//! for training, then the validation line. Burn's own renderers print a
+//! One readable line per epoch: loss, accuracy, learning rate, the method's
+//! loss terms and images/s for training, then the validation line (when
+//! the run validates). Burn's own renderers print a
 //! line per batch when the output is not a terminal.
 
 use std::collections::HashMap;
@@ -22,7 +23,6 @@ pub struct EpochLines {
     items: usize,
     started: Instant,
     train_printed: bool,
-    terms: Option<crate::method::TermLog>,
 }
 
 impl EpochLines {
@@ -38,14 +38,7 @@ impl EpochLines {
             items: 0,
             started: Instant::now(),
             train_printed: false,
-            terms: None,
         }
-    }
-
-    /// Also prints the epoch means of a method's loss terms.
-    pub fn with_terms(mut self, terms: crate::method::TermLog) -> Self {
-        self.terms = Some(terms);
-        self
     }
 
     fn record(
@@ -90,13 +83,7 @@ impl EpochLines {
     fn flush_train(&mut self) {
         if !self.train_printed && self.epoch.is_some() {
             let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-            let mut extra = String::new();
-            if let Some(t) = &self.terms {
-                for (name, mean) in t.take_means() {
-                    extra.push_str(&format!(", {name} {mean:.4}"));
-                }
-            }
-            extra.push_str(&format!(", {:.1} images/s", self.items as f64 / secs));
+            let extra = format!(", {:.1} images/s", self.items as f64 / secs);
             println!("{}", self.line("train", &self.train, &extra));
             self.train_printed = true;
         }

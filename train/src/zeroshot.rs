@@ -5,6 +5,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use mmrl_data::{ClipTokenizer, TokenBatch};
 use mmrl_model::clip::Clip;
+use mmrl_model::methods::{ClassPrompts, Method};
 
 use crate::error::{Error, Result};
 
@@ -14,7 +15,7 @@ pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
 /// The prompt for one class: `{}` in `template` replaced by the class name
 /// with underscores turned into spaces (CoOp/Dassl convention).
 pub fn prompt(template: &str, class: &str) -> String {
-    template.replace("{}", &class.replace('_', " "))
+    mmrl_model::methods::fill_template(template, class)
 }
 
 /// Checks a template and a class list before any work is done.
@@ -72,6 +73,44 @@ pub fn encode_prompts<B: Backend>(
     }
     let prompts: Vec<String> = classes.iter().map(|c| prompt(template, c)).collect();
     Ok(tokenizer.encode_batch(&prompts)?.trimmed())
+}
+
+/// A class set's prompts as method `M` writes them, tokenised (trimmed
+/// after the longest end token), with each name's token count, after
+/// checking the class list and that the tokenizer fits `clip`.
+pub fn class_prompts<B: Backend, M: Method<B>, C: Backend>(
+    config: &M::Config,
+    tokenizer: &ClipTokenizer,
+    clip: &Clip<C>,
+    classes: &[String],
+    template: &str,
+) -> Result<ClassPrompts> {
+    check_classes(template, classes)?;
+    let vocab = clip.text_model.embeddings.token_embedding.weight.dims()[0];
+    if tokenizer.vocab_size() > vocab {
+        return Err(Error::VocabMismatch {
+            tokenizer: tokenizer.vocab_size(),
+            model: vocab,
+        });
+    }
+    let texts = M::prompt_texts(config, classes, template);
+    let batch = tokenizer.encode_batch(&texts)?.trimmed();
+    let name_lens = classes
+        .iter()
+        .map(|c| {
+            Ok(tokenizer
+                .encode(&c.replace('_', " "))?
+                .len()
+                .saturating_sub(2))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    Ok(ClassPrompts {
+        classes: classes.to_vec(),
+        ids: batch.ids,
+        seq: batch.context,
+        eot: batch.eot,
+        name_lens,
+    })
 }
 
 /// Projected text features of the class prompts.

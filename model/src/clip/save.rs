@@ -47,7 +47,7 @@ pub fn save_hf<B: Backend>(model: &Clip<B>, config: &ClipConfig, dir: &Path) -> 
         };
         tensors.push((source.key, shape, values));
     }
-    save_f32_safetensors(&dir.join("model.safetensors"), tensors)?;
+    save_f32_safetensors(&dir.join("model.safetensors"), tensors, None)?;
     let mut json = serde_json::to_value(config).expect("configs serialise");
     let obj = json.as_object_mut().expect("a config is an object");
     obj.insert("architectures".into(), serde_json::json!(["CLIPModel"]));

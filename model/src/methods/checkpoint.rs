@@ -27,11 +27,15 @@ pub fn read_state_dict(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> 
     }
 }
 
-/// Saves `(name, shape, values)` tensors as f32 safetensors, atomically (a
-/// temporary file renamed into place).
+/// Saves `(name, shape, values)` tensors as f32 safetensors with an
+/// optional string header (`__metadata__`), atomically: written to a
+/// temporary file in the same folder, synced, then renamed into place, so
+/// the file is either complete or absent. Every checkpoint we write goes
+/// through here.
 pub fn save_f32_safetensors(
     path: &Path,
     tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
@@ -48,11 +52,21 @@ pub fn save_f32_safetensors(
                 })
         })
         .collect::<Result<_>>()?;
-    let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, None, &tmp).map_err(|e| Error::WeightsFormat {
-        path: tmp.clone(),
+    let data = safetensors::serialize(views, metadata).map_err(|e| Error::WeightsFormat {
+        path: path.into(),
         msg: e.to_string(),
     })?;
+    let tmp = path.with_extension("safetensors.tmp");
+    let io = |source| Error::Io {
+        path: tmp.clone(),
+        source,
+    };
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&data).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
     std::fs::rename(&tmp, path).map_err(|source| Error::Io {
         path: path.into(),
         source,

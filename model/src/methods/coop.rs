@@ -46,6 +46,7 @@ use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 
 use crate::clip::{Clip, NoHook};
+use crate::methods::{ClassPrompts, Classes, Method, Prediction};
 use crate::Frozen;
 
 /// Where the class-name tokens go relative to the context
@@ -90,7 +91,7 @@ impl std::str::FromStr for ClassTokenPosition {
 
 /// CoOp's hyper-parameters (`TRAINER.COOP.*` in the reference configs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct CoopConfig {
     /// Number of context tokens M (`N_CTX`). Default 16. Ignored when
     /// `ctx_init` is set.
@@ -119,6 +120,8 @@ impl Default for CoopConfig {
         }
     }
 }
+
+impl crate::methods::MethodConfig for CoopConfig {}
 
 impl CoopConfig {
     /// `ctx_init` with `_` read as a space, if set.
@@ -152,12 +155,23 @@ impl CoopConfig {
     }
 
     /// Checks the numbers.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |key, msg| crate::Error::MethodConfig {
+            method: "coop",
+            key,
+            msg,
+        };
         if self.context_len() == 0 {
-            return Err("n_ctx must be > 0".into());
+            return Err(bad(
+                "n_ctx",
+                "must be at least 1 (or give ctx_init words)".into(),
+            ));
         }
         if !(self.init_std >= 0.0 && self.init_std.is_finite()) {
-            return Err(format!("init_std {} must be >= 0", self.init_std));
+            return Err(bad(
+                "init_std",
+                format!("{} must be a finite number >= 0", self.init_std),
+            ));
         }
         Ok(())
     }
@@ -173,16 +187,20 @@ impl CoopConfig {
         clip: Clip<B>,
         prompts: &CoopPrompts<B>,
         device: &B::Device,
-    ) -> Result<Coop<B>, String> {
+    ) -> crate::Result<Coop<B>> {
         self.validate()?;
+        let bad_prompts = |msg| crate::Error::Prompts {
+            method: "coop",
+            msg,
+        };
         let n_ctx = self.context_len();
         let width = clip.text_model.final_layer_norm.gamma.dims()[0];
         let ctx = if self.init_words().is_some() {
             if prompts.seq() < 1 + n_ctx {
-                return Err(format!(
+                return Err(bad_prompts(format!(
                     "the prompts have {} tokens, fewer than 1 + {n_ctx} context tokens",
                     prompts.seq()
-                ));
+                )));
             }
             let ids = prompts.tokens.clone().narrow(0, 0, 1).narrow(1, 1, n_ctx);
             let emb = clip.text_model.embeddings.token_embedding.forward(ids);
@@ -201,7 +219,7 @@ impl CoopConfig {
             )))
         };
         let model = Coop::new(clip, ctx, self.class_token_position);
-        model.check_prompts(prompts)?;
+        model.check_prompts(prompts).map_err(bad_prompts)?;
         Ok(model)
     }
 }
@@ -389,6 +407,9 @@ pub struct Coop<B: Backend> {
     /// Where the class tokens go.
     #[module(skip)]
     pub class_token_position: ClassTokenPosition,
+    /// The current class set's prompts (host data).
+    #[module(skip)]
+    pub class_prompts: Option<ClassPrompts>,
 }
 
 impl<B: Backend> Coop<B> {
@@ -402,6 +423,7 @@ impl<B: Backend> Coop<B> {
             ctx,
             clip: Frozen::new(clip.no_grad()),
             class_token_position,
+            class_prompts: None,
         }
     }
 
@@ -594,6 +616,126 @@ impl<B: burn::tensor::backend::AutodiffBackend> Coop<B> {
     }
 }
 
+/// CoOp's prompt tensors for a tokenised class set.
+fn coop_prompts_of<B: Backend>(
+    prompts: &ClassPrompts,
+    device: &B::Device,
+) -> crate::Result<CoopPrompts<B>> {
+    CoopPrompts::new(
+        &prompts.ids,
+        prompts.rows(),
+        prompts.seq,
+        &prompts.eot,
+        prompts.name_lens.clone(),
+        device,
+    )
+    .map_err(|msg| crate::Error::Prompts {
+        method: "coop",
+        msg,
+    })
+}
+
+impl<B: Backend> Coop<B> {
+    /// The current class set's prompts as tensors.
+    fn current_prompts(&self) -> CoopPrompts<B> {
+        let prompts = self
+            .class_prompts
+            .as_ref()
+            .expect("Method::set_classes is called before scoring or training");
+        coop_prompts_of(prompts, &self.clip.visual_projection.weight.device())
+            .expect("prompts were checked by set_classes")
+    }
+}
+
+impl<B: Backend> Method<B> for Coop<B> {
+    const NAME: &'static str = "coop";
+    const SUMMARY: &'static str = "CoOp (IJCV 2022): learned context vectors in the text prompt";
+    type Config = CoopConfig;
+    type Output = Tensor<B, 2>;
+    type Text = Tensor<B, 2>;
+
+    /// `ctx_init` or `"X X … X"`, then the name and a full stop; CoOp has no
+    /// hand-written template.
+    fn prompt_texts(config: &CoopConfig, classes: &[String], _template: &str) -> Vec<String> {
+        config.prompts(classes)
+    }
+
+    fn init(
+        config: &CoopConfig,
+        clip: Clip<B>,
+        prompts: &ClassPrompts,
+        device: &B::Device,
+    ) -> crate::Result<Self> {
+        let tensors = coop_prompts_of(prompts, device)?;
+        config.init(clip, &tensors, device)?.set_classes(prompts)
+    }
+
+    fn load(
+        config: &CoopConfig,
+        clip: Clip<B>,
+        path: &std::path::Path,
+        device: &B::Device,
+    ) -> crate::Result<Self> {
+        crate::methods::coop_io::load_coop(path, clip, config.class_token_position, device)
+    }
+
+    fn config(&self) -> CoopConfig {
+        CoopConfig {
+            n_ctx: self.n_ctx(),
+            ctx_init: String::new(),
+            csc: self.ctx.classes().is_some(),
+            class_token_position: self.class_token_position,
+            ..CoopConfig::default()
+        }
+    }
+
+    fn set_classes(mut self, prompts: &ClassPrompts) -> crate::Result<Self> {
+        let tensors = coop_prompts_of::<B>(prompts, &self.clip.visual_projection.weight.device())?;
+        self.check_prompts(&tensors)
+            .map_err(|msg| crate::Error::Prompts {
+                method: "coop",
+                msg: format!(
+                    "{msg}{}",
+                    if self.ctx.classes().is_some() {
+                        " (a class-specific context, csc = true, scores only the classes it was trained on)"
+                    } else {
+                        ""
+                    }
+                ),
+            })?;
+        self.class_prompts = Some(prompts.clone());
+        Ok(self)
+    }
+
+    fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
+    where
+        B: burn::tensor::backend::AutodiffBackend,
+    {
+        let image = self.image_features_frozen(images);
+        let text = self.text_features(&self.current_prompts());
+        self.logits_from_features(image, text)
+    }
+
+    fn text(&self) -> Tensor<B, 2> {
+        self.text_features(&self.current_prompts())
+    }
+
+    fn predict(&self, images: Tensor<B, 4>, text: &Tensor<B, 2>, _: Classes) -> Prediction<B> {
+        Prediction {
+            logits: self.logits(images, text.clone()),
+            heads: Vec::new(),
+        }
+    }
+
+    fn state(&self) -> Vec<crate::methods::NamedTensor> {
+        crate::methods::coop_io::coop_state(self)
+    }
+
+    fn num_trainable_params(&self) -> usize {
+        Coop::num_trainable_params(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,6 +919,7 @@ mod tests {
         }
         .init(clip, &prompts(2, &[1, 1], 10), &device)
         .err()
+        .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(err.contains("n_ctx"), "{err}");
         assert!(CoopPrompts::<B>::new(&[1, 2], 1, 2, &[2], vec![0], &device).is_err());

@@ -160,5 +160,5 @@ pub fn coop_state<B: Backend>(model: &Coop<B>) -> Vec<(String, Vec<usize>, Vec<f
 
 /// Saves the context as safetensors (`prompt_learner.ctx`), atomically.
 pub fn save_coop_safetensors<B: Backend>(model: &Coop<B>, path: &Path) -> Result<()> {
-    save_f32_safetensors(path, coop_state(model))
+    save_f32_safetensors(path, coop_state(model), None)
 }

@@ -11,7 +11,7 @@
 //! the new trainable `proj_rep`. Logits use a constant scale of 100.
 //!
 //! Reference: `yunncheng/MMRL` @ 27d8821 (`trainers/mmrl.py`,
-//! `clip/model_mmrl.py`); `../shared/specs/mmrl.md`.
+//! `clip/model_mmrl.py`).
 
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::Linear;
@@ -19,14 +19,16 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::{Deserialize, Serialize};
 
-use crate::clip::{l2_normalize, BlockHook, Clip};
+use crate::clip::{l2_normalize, BlockHook, Clip, NoHook};
+use crate::methods::{fill_template, ClassPrompts, Classes, Method, MethodConfig, Prediction};
+use crate::{Error, Result};
 
 /// The logit scale MMRL uses for both heads (a constant, not `logit_scale`).
 pub const MMRL_LOGIT_SCALE: f64 = 100.0;
 
 /// MMRL's hyper-parameters (`TRAINER.MMRL.*` in the reference configs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MmrlConfig {
     /// Representation tokens K (`N_REP_TOKENS`). Default 5.
     pub n_rep_tokens: usize,
@@ -53,13 +55,13 @@ impl Default for MmrlConfig {
     }
 }
 
-impl MmrlConfig {
+impl MethodConfig for MmrlConfig {
     /// The reference's per-dataset overrides (`trainers/config.py`): λ, and
     /// d_r = 2048 for EuroSAT. Dataset names as Dassl spells them
     /// (`ImageNet`, `Caltech101`, `OxfordPets`, `StanfordCars`,
     /// `OxfordFlowers`, `Food101`, `FGVCAircraft`, `SUN397`,
     /// `DescribableTextures`, `EuroSAT`, `UCF101`); others keep the defaults.
-    pub fn for_dataset(dataset: &str) -> Self {
+    fn for_dataset(dataset: &str) -> Self {
         let mut c = Self::default();
         let reg = match dataset {
             "ImageNet" => Some(0.5),
@@ -83,7 +85,9 @@ impl MmrlConfig {
         }
         c
     }
+}
 
+impl MmrlConfig {
     /// The injected layers, 1-based, ascending, for towers of these depths.
     pub fn layers(&self, text_depth: usize, vision_depth: usize) -> Vec<usize> {
         match &self.rep_layers {
@@ -95,26 +99,46 @@ impl MmrlConfig {
         }
     }
 
-    /// Checks the layers against the towers' depths.
-    pub fn validate(&self, text_depth: usize, vision_depth: usize) -> Result<(), String> {
+    /// Checks the settings against the towers' depths.
+    pub fn validate(&self, text_depth: usize, vision_depth: usize) -> Result<()> {
+        let bad = |key, msg| Error::MethodConfig {
+            method: "mmrl",
+            key,
+            msg,
+        };
         let layers = self.layers(text_depth, vision_depth);
         let depth = text_depth.min(vision_depth);
-        if self.n_rep_tokens == 0 || self.rep_dim == 0 {
-            return Err("n_rep_tokens and rep_dim must be > 0".into());
+        if self.n_rep_tokens == 0 {
+            return Err(bad("n_rep_tokens", "must be at least 1".into()));
+        }
+        if self.rep_dim == 0 {
+            return Err(bad("rep_dim", "must be at least 1".into()));
         }
         if layers.is_empty() {
-            return Err("rep_layers is empty".into());
+            return Err(bad("rep_layers", "is empty; give e.g. [6, 7, 8]".into()));
         }
         if layers.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(format!("rep_layers {layers:?} must be strictly ascending"));
+            return Err(bad(
+                "rep_layers",
+                format!("{layers:?} must be strictly ascending"),
+            ));
         }
         if layers[0] == 0 || *layers.last().unwrap_or(&0) > depth {
-            return Err(format!(
-                "rep_layers {layers:?} must lie in 1..={depth} (1-based; the shallower tower has {depth} layers)"
+            return Err(bad(
+                "rep_layers",
+                format!(
+                    "{layers:?} must lie in 1..={depth} (1-based; the shallower tower has {depth} layers)"
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(format!("alpha {} must be in [0, 1]", self.alpha));
+            return Err(bad("alpha", format!("{} must be in [0, 1]", self.alpha)));
+        }
+        if !(self.reg_weight >= 0.0 && self.reg_weight.is_finite()) {
+            return Err(bad(
+                "reg_weight",
+                format!("{} must be a finite number >= 0", self.reg_weight),
+            ));
         }
         Ok(())
     }
@@ -137,6 +161,8 @@ impl MmrlConfig {
             clip: crate::Frozen::new(clip.no_grad()),
             rep_layers: layers.iter().map(|l| l - 1).collect(),
             alpha: self.alpha,
+            reg_weight: self.reg_weight,
+            classes: crate::Frozen::new(None),
         }
     }
 
@@ -260,8 +286,40 @@ pub struct Mmrl<B: Backend> {
     pub clip: crate::Frozen<Clip<B>>,
     /// Injected layers, 0-based.
     pub rep_layers: Vec<usize>,
-    /// Weight of the class logits in fused inference.
+    /// Weight of the class logits in fused inference and in the loss.
     pub alpha: f64,
+    /// λ of both regularisers (the loss's; kept with the model so that a
+    /// checkpoint records it).
+    pub reg_weight: f64,
+    /// The current class set (frozen, outside parameters and records).
+    pub classes: crate::Frozen<Option<MmrlClasses<B>>>,
+}
+
+/// What stays fixed for a class set: the prompts' end positions, CLIP's
+/// zero-shot text features (the text regulariser's target) and the frozen
+/// lower text layers' output.
+#[derive(Module, Debug)]
+pub struct MmrlClasses<B: Backend> {
+    /// `[classes]`, end-token positions in the prompts (before the +K shift).
+    pub eot: Tensor<B, 1, Int>,
+    /// `[classes, projection_dim]`
+    pub zs_text: Tensor<B, 2>,
+    /// `[classes, seq, text width]`: the layers below the first injected one.
+    pub lower: Tensor<B, 3>,
+}
+
+/// Everything MMRL's loss needs from one batch.
+pub struct MmrlOutput<B: Backend> {
+    /// Both heads' logits, `[batch, classes]`.
+    pub logits: MmrlLogits<B>,
+    /// Both heads' image features, `[batch, projection_dim]`.
+    pub image: MmrlImageFeatures<B>,
+    /// Text features of the class set, `[classes, projection_dim]`.
+    pub text: Tensor<B, 2>,
+    /// Frozen CLIP's image features (the image regulariser's target), `[batch, projection_dim]`.
+    pub zs_image: Tensor<B, 2>,
+    /// Frozen CLIP's text features (the text regulariser's target), `[classes, projection_dim]`.
+    pub zs_text: Tensor<B, 2>,
 }
 
 /// Image features of both heads, unnormalised.
@@ -307,12 +365,8 @@ impl<B: Backend> Mmrl<B> {
     /// - output: `[classes, seq, text width]`
     pub fn text_lower(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let text = &self.clip.text_model;
-        text.encoder.forward_range(
-            text.embed(tokens),
-            0..self.first_layer(),
-            true,
-            &mut crate::clip::NoHook,
-        )
+        text.encoder
+            .forward_range(text.embed(tokens), 0..self.first_layer(), true, &mut NoHook)
     }
 
     /// Image hidden states at the input of the first injected layer. Frozen:
@@ -327,8 +381,46 @@ impl<B: Backend> Mmrl<B> {
             vision.embed(images),
             0..self.first_layer(),
             false,
-            &mut crate::clip::NoHook,
+            &mut NoHook,
         )
+    }
+
+    /// Frozen CLIP's image features from [`Mmrl::image_lower`]'s output: the
+    /// rest of the layers without representation tokens, `post_layernorm` of
+    /// the class token, the projection. Equal to `clip.encode_image`, with
+    /// the lower layers shared with the injected path.
+    ///
+    /// # Shapes
+    /// - `lower`: `[batch, 1 + patches, vision width]`
+    /// - output: `[batch, projection_dim]`
+    pub fn zero_shot_image(&self, lower: Tensor<B, 3>) -> Tensor<B, 2> {
+        let vision = &self.clip.vision_model;
+        let hidden = vision.encoder.forward_range(
+            lower,
+            self.first_layer()..vision.encoder.depth(),
+            false,
+            &mut NoHook,
+        );
+        self.clip.visual_projection.forward(vision.pool(hidden))
+    }
+
+    /// The current class set; set one with [`Method::set_classes`] first.
+    fn class_set(&self) -> &MmrlClasses<B> {
+        self.classes
+            .0
+            .as_ref()
+            .expect("Method::set_classes is called before scoring or training")
+    }
+
+    /// MMRL's settings as they are in this model.
+    pub fn settings(&self) -> MmrlConfig {
+        MmrlConfig {
+            n_rep_tokens: self.representation_learner.n_tokens(),
+            rep_dim: self.representation_learner.compound_rep_tokens.dims()[1],
+            rep_layers: Some(self.rep_layers.iter().map(|l| l + 1).collect()),
+            alpha: self.alpha,
+            reg_weight: self.reg_weight,
+        }
     }
 
     /// Text features from the cached lower layers, unnormalised.
@@ -465,11 +557,136 @@ impl<B: burn::tensor::backend::AutodiffBackend> Mmrl<B> {
     }
 }
 
+impl<B: Backend> Method<B> for Mmrl<B> {
+    const NAME: &'static str = "mmrl";
+    const SUMMARY: &'static str =
+        "MMRL (CVPR 2025): a shared representation space injected into both towers' higher layers";
+    type Config = MmrlConfig;
+    type Output = MmrlOutput<B>;
+    type Text = Tensor<B, 2>;
+
+    fn prompt_texts(_: &MmrlConfig, classes: &[String], template: &str) -> Vec<String> {
+        classes.iter().map(|c| fill_template(template, c)).collect()
+    }
+
+    fn init(
+        config: &MmrlConfig,
+        clip: Clip<B>,
+        prompts: &ClassPrompts,
+        device: &B::Device,
+    ) -> Result<Self> {
+        config.validate(
+            clip.text_model.encoder.depth(),
+            clip.vision_model.encoder.depth(),
+        )?;
+        config.init(clip, device).set_classes(prompts)
+    }
+
+    fn load(
+        config: &MmrlConfig,
+        clip: Clip<B>,
+        path: &std::path::Path,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let mut model = crate::methods::mmrl_io::load_mmrl(
+            path,
+            clip,
+            config.rep_layers.clone(),
+            config.alpha,
+            device,
+        )?;
+        model.reg_weight = config.reg_weight;
+        Ok(model)
+    }
+
+    fn config(&self) -> MmrlConfig {
+        self.settings()
+    }
+
+    fn set_classes(mut self, prompts: &ClassPrompts) -> Result<Self> {
+        let device = self.clip.visual_projection.weight.device();
+        let (tokens, eot) = prompts.tensors::<B>(&device);
+        let zs_text = self.clip.encode_text(tokens.clone(), eot.clone());
+        let lower = self.text_lower(tokens);
+        self.classes = crate::Frozen::new(Some(MmrlClasses {
+            eot,
+            zs_text,
+            lower,
+        }));
+        Ok(self)
+    }
+
+    /// The lower image layers run once, on the inner backend, and feed both
+    /// the zero-shot target and the injected path.
+    fn forward(&self, images: Tensor<B, 4>) -> MmrlOutput<B>
+    where
+        B: burn::tensor::backend::AutodiffBackend,
+    {
+        let inner: Mmrl<B::InnerBackend> = Mmrl {
+            representation_learner: self.representation_learner.valid(),
+            proj_rep: self.proj_rep.valid(),
+            clip: self.clip.valid(),
+            rep_layers: self.rep_layers.clone(),
+            alpha: self.alpha,
+            reg_weight: self.reg_weight,
+            classes: crate::Frozen::new(None),
+        };
+        let lower = inner.image_lower(images.inner());
+        let zs_image = Tensor::from_inner(inner.zero_shot_image(lower.clone()));
+        let lower = Tensor::from_inner(lower);
+        let set = self.class_set();
+        let text = self.text_features(set.lower.clone(), set.eot.clone());
+        let image = self.image_features(lower);
+        let logits = self.logits(&image, text.clone());
+        MmrlOutput {
+            logits,
+            image,
+            text,
+            zs_image,
+            zs_text: set.zs_text.clone(),
+        }
+    }
+
+    fn text(&self) -> Tensor<B, 2> {
+        let set = self.class_set();
+        self.text_features(set.lower.clone(), set.eot.clone())
+    }
+
+    /// Seen classes: fused `α·class + (1−α)·rep`; unseen: the class head.
+    fn predict(
+        &self,
+        images: Tensor<B, 4>,
+        text: &Tensor<B, 2>,
+        classes: Classes,
+    ) -> Prediction<B> {
+        let image = self.image_features(self.image_lower(images));
+        let logits = self.logits(&image, text.clone());
+        let chosen = match classes {
+            Classes::Seen => logits.fused(self.alpha),
+            Classes::Unseen => logits.class.clone(),
+        };
+        Prediction {
+            logits: chosen,
+            heads: vec![("class", logits.class), ("rep", logits.rep)],
+        }
+    }
+
+    fn state(&self) -> Vec<crate::methods::NamedTensor> {
+        crate::methods::mmrl_io::mmrl_state(self)
+    }
+
+    fn num_trainable_params(&self) -> usize {
+        Mmrl::num_trainable_params(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     type B = burn::backend::Flex;
+
+    use crate::methods::MethodConfig;
 
     #[test]
     fn default_layers_follow_the_depth_rule() {
@@ -483,7 +700,11 @@ mod tests {
             rep_layers: Some(vec![6, 13]),
             ..MmrlConfig::default()
         };
-        assert!(bad.validate(12, 12).unwrap_err().contains("1..=12"));
+        let e = bad.validate(12, 12).unwrap_err().to_string();
+        assert!(
+            e.contains("1..=12") && e.contains("[mmrl] rep_layers"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -158,12 +158,7 @@ pub fn load_mmrl<B: Backend>(
             ),
         });
     }
-    config
-        .validate(depth, depth)
-        .map_err(|msg| Error::InvalidConfig {
-            path: path.into(),
-            msg,
-        })?;
+    config.validate(depth, depth)?;
     let mut model = config.init(clip, device);
     let mut used = std::collections::BTreeSet::new();
     let mut snapshots = Vec::new();
@@ -263,5 +258,5 @@ pub fn mmrl_state<B: Backend>(model: &Mmrl<B>) -> Vec<(String, Vec<usize>, Vec<f
 /// Saves the trainable tensors as safetensors under the reference names,
 /// atomically (a temporary file renamed into place).
 pub fn save_mmrl_safetensors<B: Backend>(model: &Mmrl<B>, path: &Path) -> Result<()> {
-    save_f32_safetensors(path, mmrl_state(model))
+    save_f32_safetensors(path, mmrl_state(model), None)
 }

@@ -1,0 +1,338 @@
+//! Fitting one seed on Burn's Learner: loaders, the optimiser and the
+//! schedule from the config, the method's loss terms as metrics,
+//! checkpoints and resume, optional validation, the per-epoch display.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use burn::backend::Flex;
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::module::AutodiffModule;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, SgdConfig};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::checkpoint::KeepLastNCheckpoints;
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
+use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainStep};
+
+use mmrl_data::augment::TrainTransform;
+use mmrl_data::dataset::Prepared;
+use mmrl_data::loader::{ImageBatch, ImageLoader, LoaderMode};
+use mmrl_data::preprocess::PreprocessConfig;
+
+use crate::config::{OptimizerKind, TrainConfig};
+use crate::loss::MethodLoss;
+use crate::protocol::samples;
+use crate::renderer::EpochLines;
+use crate::schedule::DasslSchedule;
+use crate::step::{LossTermMetric, StepOutput, Trainee};
+use crate::{Error, Result};
+
+/// What Burn's Learner needs for one seed.
+pub struct Fit<'a> {
+    pub cfg: &'a TrainConfig,
+    /// Continue from the last complete epoch's checkpoint in `dir`.
+    pub resume: bool,
+    /// Testing aid: stop during the epoch after this one, as a kill would.
+    pub interrupt_after_epoch: Option<usize>,
+    /// The seed's folder (`train/` inside it holds Burn's logs and checkpoints).
+    pub dir: &'a Path,
+    pub seed: u64,
+    pub pre: &'a PreprocessConfig,
+    /// The seed's few-shot draw (train and val lists).
+    pub data: &'a Prepared,
+}
+
+/// The last epoch whose model, optimizer and scheduler checkpoints all exist.
+pub fn last_checkpoint(dir: &Path) -> Option<usize> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    rd.filter_map(|e| {
+        let name = e.ok()?.file_name().to_string_lossy().into_owned();
+        let n: usize = name
+            .strip_prefix("model-")?
+            .strip_suffix(".mpk")?
+            .parse()
+            .ok()?;
+        let complete = ["model", "optim", "scheduler"].iter().all(|k| {
+            std::fs::metadata(dir.join(format!("{k}-{n}.mpk"))).is_ok_and(|m| m.len() > 0)
+        });
+        complete.then_some(n)
+    })
+    .max()
+}
+
+/// The last epoch's mean training accuracy from Burn's metric log.
+pub fn last_train_accuracy(dir: &Path, epoch: usize) -> Option<f64> {
+    let text =
+        std::fs::read_to_string(dir.join(format!("train/epoch-{epoch}/Accuracy.log"))).ok()?;
+    let vals: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+}
+
+impl Fit<'_> {
+    /// Trains `model` (set to its training classes) with the config's
+    /// optimiser and schedule; returns the last epoch's model on the inner
+    /// backend.
+    pub fn train<B, M>(&self, model: M, device: &B::Device) -> Result<M::InnerModule>
+    where
+        B: AutodiffBackend,
+        M: MethodLoss<B> + AutodiffModule<B>,
+        M::InnerModule: MethodLoss<B::InnerBackend>,
+    {
+        let cfg = self.cfg;
+        let trainee = Trainee::<B, M>::new(model);
+        let trained = match cfg.optimizer {
+            // Dassl's AdamW: PyTorch's betas, the config's eps and decoupled decay.
+            OptimizerKind::Adamw => {
+                let optim = AdamWConfig::new()
+                    .with_beta_1(0.9)
+                    .with_beta_2(0.999)
+                    .with_epsilon(cfg.eps as f32)
+                    .with_weight_decay(cfg.weight_decay as f32)
+                    .init();
+                self.run::<B, _, _>(trainee, optim, M::TERMS, device)?
+            }
+            // PyTorch's SGD: dampening 0 (Burn's default is 0.1), L2 decay.
+            OptimizerKind::Sgd => {
+                let optim = SgdConfig::new()
+                    .with_momentum(Some(
+                        MomentumConfig::new()
+                            .with_momentum(cfg.momentum)
+                            .with_dampening(0.0)
+                            .with_nesterov(false),
+                    ))
+                    .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay as f32)))
+                    .init();
+                self.run::<B, _, _>(trainee, optim, M::TERMS, device)?
+            }
+        };
+        Ok(trained.model)
+    }
+
+    fn run<B, T, O>(
+        &self,
+        trainee: T,
+        optim: O,
+        terms: &'static [&'static str],
+        device: &B::Device,
+    ) -> Result<T::InnerModule>
+    where
+        B: AutodiffBackend,
+        T: TrainStep<Input = ImageBatch<B>, Output = StepOutput<B>>
+            + AutodiffModule<B>
+            + std::fmt::Display
+            + 'static,
+        T::InnerModule: InferenceStep<
+            Input = ImageBatch<B::InnerBackend>,
+            Output = StepOutput<B::InnerBackend>,
+        >,
+        O: burn::optim::Optimizer<T, B> + 'static,
+    {
+        let (cfg, seed, dir) = (self.cfg, self.seed, self.dir);
+        let ckpt_dir = dir.join("train").join("checkpoint");
+        let resume_from = if self.resume {
+            last_checkpoint(&ckpt_dir)
+        } else {
+            None
+        };
+        if let Some(n) = resume_from {
+            println!(
+                "seed {seed}: resuming after epoch {n} ({})",
+                ckpt_dir.display()
+            );
+        }
+        let train_loader = ImageLoader::<B>::new(
+            samples(&self.data.train),
+            LoaderMode::Train {
+                transform: TrainTransform {
+                    scale: cfg.crop_scale,
+                    ..TrainTransform::mmrl(self.pre.crop_size)
+                },
+                seed,
+            },
+            cfg.batch_size,
+            cfg.workers,
+            device.clone(),
+        )
+        .with_cache(cfg.cache_images)
+        .skip_bad_images(cfg.skip_bad_images)
+        .with_start_epoch(resume_from.unwrap_or(0) as u64);
+        let iters = train_loader.batch_indices(0).len();
+        let valid_loader = ImageLoader::<B::InnerBackend>::new(
+            samples(&self.data.val),
+            LoaderMode::Eval {
+                config: self.pre.clone(),
+            },
+            cfg.test_batch_size,
+            cfg.workers,
+            device.clone(),
+        )
+        .skip_bad_images(cfg.skip_bad_images);
+        let sched = DasslSchedule {
+            base_lr: cfg.lr,
+            epochs: cfg.epochs,
+            warmup_epochs: cfg.warmup_epochs,
+            warmup_lr: cfg.warmup_lr,
+            iters_per_epoch: iters,
+            step: 0,
+        };
+        let mut train_arc: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(train_loader.clone());
+        // The reference never validates (`TEST.FINAL_MODEL last_step`):
+        // the validation pass runs only every `val_every` epochs.
+        let valid_arc: Arc<dyn DataLoader<B::InnerBackend, ImageBatch<B::InnerBackend>>> =
+            Arc::new(EveryNth {
+                inner: Arc::new(valid_loader.clone()),
+                every: cfg.val_every,
+                epoch: Arc::new(AtomicUsize::new(resume_from.unwrap_or(0))),
+            });
+        let interrupter = burn::train::Interrupter::new();
+        if let Some(n) = self.interrupt_after_epoch {
+            let remaining = n.saturating_sub(resume_from.unwrap_or(0));
+            train_arc = Arc::new(StopAfter {
+                inner: train_arc,
+                remaining: Arc::new(AtomicUsize::new(remaining)),
+                interrupter: interrupter.clone(),
+            });
+        }
+        let mut training = SupervisedTraining::new(dir.join("train"), train_arc, valid_arc)
+            .with_interrupter(interrupter.clone())
+            .metrics((AccuracyMetric::new(), LossMetric::new()))
+            .metric_train_numeric(LearningRateMetric::new())
+            // Full precision, so that a resumed run continues bit for bit;
+            // the last two epochs are kept (there is no "best" without validation).
+            .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+            .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+            .num_epochs(cfg.epochs)
+            .with_application_logger(None);
+        for (i, name) in terms.iter().enumerate() {
+            training = training.metric_train_numeric(LossTermMetric::<Flex>::new(i, name));
+        }
+        if let Some(n) = resume_from {
+            training = training.checkpoint(n);
+        }
+        let result = training
+            .renderer(EpochLines::new(format!("seed {seed}")))
+            .launch(Learner::new(trainee, optim, sched));
+        if interrupter.should_stop() {
+            return Err(Error::Interrupted {
+                path: dir.join("train"),
+            });
+        }
+        if let Some(e) = train_loader
+            .take_error()
+            .or_else(|| valid_loader.take_error())
+        {
+            return Err(e.into());
+        }
+        Ok(result.model)
+    }
+}
+
+/// A validation loader that yields batches only every `every` epochs
+/// (never when 0): Burn's Learner runs a validation pass after each epoch.
+struct EveryNth<B: Backend, O> {
+    inner: Arc<dyn DataLoader<B, O>>,
+    every: usize,
+    /// Epochs seen so far (including those before a resume).
+    epoch: Arc<AtomicUsize>,
+}
+
+/// An iterator with nothing in it, of any item type.
+struct Empty<O>(std::marker::PhantomData<O>);
+
+impl<O> Iterator for Empty<O> {
+    type Item = O;
+    fn next(&mut self) -> Option<O> {
+        None
+    }
+}
+
+impl<O> DataLoaderIterator<O> for Empty<O> {
+    fn progress(&self) -> Progress {
+        Progress {
+            items_processed: 0,
+            items_total: 0,
+        }
+    }
+}
+
+impl<B: Backend, O: 'static> DataLoader<B, O> for EveryNth<B, O> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<O> + 'a> {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.every > 0 && epoch.is_multiple_of(self.every) {
+            self.inner.iter()
+        } else {
+            Box::new(Empty(std::marker::PhantomData))
+        }
+    }
+
+    fn num_items(&self) -> usize {
+        if self.every > 0 {
+            self.inner.num_items()
+        } else {
+            0
+        }
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, O>> {
+        Arc::new(EveryNth {
+            inner: self.inner.to_device(device),
+            every: self.every,
+            epoch: self.epoch.clone(),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, O>> {
+        Arc::new(EveryNth {
+            inner: self.inner.slice(start, end),
+            every: self.every,
+            epoch: self.epoch.clone(),
+        })
+    }
+}
+
+/// Testing aid: a train loader that interrupts training at the first batch
+/// after `remaining` epochs, before that epoch's checkpoint, as a kill does.
+struct StopAfter<B: Backend, O> {
+    inner: Arc<dyn DataLoader<B, O>>,
+    remaining: Arc<AtomicUsize>,
+    interrupter: burn::train::Interrupter,
+}
+
+impl<B: Backend, O: 'static> DataLoader<B, O> for StopAfter<B, O> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<O> + 'a> {
+        if self.remaining.load(Ordering::SeqCst) == 0 {
+            self.interrupter.stop(Some("interrupted for testing"));
+        } else {
+            self.remaining.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.inner.iter()
+    }
+
+    fn num_items(&self) -> usize {
+        self.inner.num_items()
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, O>> {
+        Arc::new(StopAfter {
+            inner: self.inner.to_device(device),
+            remaining: self.remaining.clone(),
+            interrupter: self.interrupter.clone(),
+        })
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, O>> {
+        Arc::new(StopAfter {
+            inner: self.inner.slice(start, end),
+            remaining: self.remaining.clone(),
+            interrupter: self.interrupter.clone(),
+        })
+    }
+}
