@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""PyTorch timing of one MMRL training step at ViT-B/16 shapes, as the reference trains.
+
+The step is what yunncheng/MMRL's `MMRLTrainer.forward_backward` does per batch, on
+`tests/scripts/mmrl_reference.py` (an independent PyTorch implementation of MMRL whose
+outputs, losses and gradients the Rust parity tests compare with):
+  * the frozen CLIP's image features of the batch, under no_grad (the image regulariser's
+    target; the text target is computed once per run, so it is not timed);
+  * MMRL's forward: both towers with the representation tokens, every class prompt padded
+    to 77 tokens through all 12 text layers (the reference does not cache the frozen
+    lower layers), both heads' logits;
+  * the loss (CE of both heads, both regularisers) and backward.
+Random weights (timings do not depend on the values), f32, `--threads` threads (default 2,
+as the Rust bench on this machine). K = 5, d_r = 512, layers 6..12, as `vit_b16.yaml`.
+
+Usage:
+    python3 benchmarks/scripts/bench_mmrl_step_pytorch.py [--batch 4] [--classes 100] [--iters 3]
+Prints one JSON line, with the same fields as `mmrl-bench --what mmrl-step`.
+Requirements: benchmarks/scripts/requirements.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "scripts"))
+
+from mmrl_reference import CLIP, MMRL, MMRLConfig, mmrl_loss  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    clip = CLIP(
+        embed_dim=512,
+        image_size=224,
+        patch_size=16,
+        vision_width=768,
+        vision_layers=12,
+        context_length=77,
+        vocab_size=49408,
+        text_width=512,
+        text_layers=12,
+    )
+    with torch.no_grad():
+        for p in clip.parameters():
+            if p.dim() > 0:
+                p.normal_(0.0, 0.02)
+    clip.eval()
+    cfg = MMRLConfig(reg_weight=1.0)
+    model = MMRL(clip, cfg)
+    # Prompts: [SOS, 8 tokens, EOT], padded with zeros to 77, as clip.tokenize pads.
+    ids = torch.zeros(args.classes, 77, dtype=torch.long)
+    ids[:, 0] = 49406
+    ids[:, 1:9] = torch.randint(400, 30000, (args.classes, 8))
+    ids[:, 9] = 49407
+    with torch.no_grad():
+        zs_text = clip.encode_text(ids)
+    pixels = torch.randn(args.batch, 3, 224, 224)
+    labels = torch.arange(args.batch) % args.classes
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        with torch.no_grad():
+            zs_image = clip.encode_image(pixels)
+        out = model(pixels, ids)
+        loss = mmrl_loss(out, labels, zs_image, zs_text, cfg.alpha, cfg.reg_weight)
+        for p in params:
+            p.grad = None
+        loss["loss_total"].backward()
+
+    step()
+    step()
+    times = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    print(
+        json.dumps(
+            {
+                "framework": "pytorch",
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "model": "ViT-B/16",
+                "what": "mmrl-step",
+                "batch": args.batch,
+                "classes": args.classes,
+                "step_s": median,
+                "step_min_s": min(times),
+                "images_per_s": args.batch / median,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
