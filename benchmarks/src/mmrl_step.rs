@@ -5,6 +5,9 @@
 //!   the trainer ran before the method interface);
 //! - `shared`: the trainer's step now: the lower layers run once and feed
 //!   both (`Method::forward`).
+//!
+//! The two are timed alternately (after two warm-up rounds), so that drift
+//! in the machine's speed falls on both alike.
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -17,7 +20,9 @@ use mmrl_model::methods::{ClassPrompts, Method};
 use mmrl_train::mmrl_loss::{mmrl_loss, MmrlLossWeights};
 use mmrl_train::step::Trainee;
 
-use super::{time, Args};
+use std::time::Instant;
+
+use super::{median_min, Args};
 
 /// Synthetic prompts: `[SOS, 8 tokens, EOT]` per class.
 fn prompts(classes: usize) -> ClassPrompts {
@@ -77,7 +82,7 @@ pub fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<(), Str
         reg_weight: model.reg_weight,
     };
     let set = model.classes.0.clone().expect("classes set");
-    let (separate, separate_min) = time(args.iters, || {
+    let separate = || {
         let clip_inner: Clip<B::InnerBackend> = model.clip.0.valid();
         let zs_image = Tensor::<B, 2>::from_inner(clip_inner.encode_image(images.clone().inner()));
         let lower = model.image_lower_frozen(images.clone());
@@ -95,12 +100,29 @@ pub fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<(), Str
         );
         let grads = loss.total.backward();
         let _ = model.proj_rep.grad(&grads).map(|g| g.into_data());
-    });
-    let (shared, shared_min) = time(args.iters, || {
+    };
+    let shared = || {
         let out = TrainStep::step(&trainee, batch.clone());
         let _ = out.item.loss.into_data();
         let _ = out.grads;
-    });
+    };
+    // Warm-up, then the two ways alternately, so that drift in the
+    // machine's speed falls on both alike.
+    for _ in 0..2 {
+        separate();
+        shared();
+    }
+    let (mut t_sep, mut t_shared) = (Vec::new(), Vec::new());
+    for _ in 0..args.iters {
+        let t = Instant::now();
+        separate();
+        t_sep.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        shared();
+        t_shared.push(t.elapsed().as_secs_f64());
+    }
+    let (separate, separate_min) = median_min(t_sep);
+    let (shared, shared_min) = median_min(t_shared);
     for (how, median, min) in [
         ("separate", separate, separate_min),
         ("shared", shared, shared_min),
