@@ -387,6 +387,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_demo_config_round_trips_through_demo_json_with_each_methods_recipe() {
+        let c = DemoConfig::full();
+        let json = serde_json::to_string_pretty(&c).unwrap();
+        let back: DemoConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(
+            (c.mmrl.epochs, c.mmrl.batch_size, c.coop.epochs),
+            (10, 4, 50)
+        );
+        // The demo's CoOp: 16 random context vectors, as published.
+        let coop: mmrl_model::methods::coop::CoopConfig = c.coop.method_config("coop", "").unwrap();
+        assert_eq!((coop.n_ctx, coop.ctx_init.as_str()), (16, ""));
+    }
+
+    #[test]
     fn a_cache_with_other_settings_or_changed_weights_is_stale() {
         let root = std::env::temp_dir().join(format!("mmrl-demo-cache-{}", std::process::id()));
         let cfg = DemoConfig::quick().pretrain;
