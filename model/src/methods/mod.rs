@@ -14,7 +14,8 @@
 //! trait:
 //! - tokens inserted or replaced before a block of either tower (MMRL,
 //!   MaPLe, COMMA, PromptSRC): a [`BlockHook`](crate::clip::BlockHook);
-//! - a residual adapter after a block (MMA): a hook on the next block's input;
+//! - a residual adapter after a block (MMA): a hook on the next block's input
+//!   (after the last block, in the method's own pooling);
 //! - learned text context (CoOp, KgCoOp): the prompts' embeddings;
 //! - low-rank updates of attention projections (CLIP-LoRA): the method owns
 //!   the adapted copies of the projections it trains;
@@ -128,6 +129,9 @@ pub struct Prediction<B: Backend> {
 
 /// An adaptation method: one module around a frozen CLIP.
 ///
+/// Every parameter the module exposes to Burn's visitors is trained (the
+/// trainer marks them so); frozen parts (CLIP, zero-shot targets) sit in
+/// [`Frozen`](crate::Frozen), outside parameters, optimiser and records.
 /// The method holds the class set it currently scores (set with
 /// [`Method::set_classes`]): its prompts and whatever stays fixed for it
 /// (frozen lower layers, zero-shot targets), outside the trained
