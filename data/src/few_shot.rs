@@ -1,6 +1,6 @@
 //! Few-shot subsets and base/novel classes, as Dassl and CoOp make them
-//! (`DatasetBase.generate_fewshot_dataset`, `OxfordPets.subsample_classes`;
-//! `../shared/specs/protocols.md` §4–5), with CPython's RNG so that the same
+//! (`DatasetBase.generate_fewshot_dataset`, `OxfordPets.subsample_classes`
+//! in Dassl and CoOp's `datasets/oxford_pets.py`), with CPython's RNG so that the same
 //! seed draws the same images.
 
 use crate::pyrandom::PyRandom;

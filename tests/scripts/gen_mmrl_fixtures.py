@@ -5,8 +5,8 @@ Purpose
 -------
 The Rust MMRL code (rep-token injection, aligners, rep/class heads, loss, gradients,
 checkpoint loading) is tested against values computed here by the small PyTorch
-reference in tests/scripts/mmrl_reference.py (written from the spec
-/work/shared/specs/mmrl.md, independently of the official code). The Rust tests never
+reference in tests/scripts/mmrl_reference.py (written from the
+project's MMRL spec, independently of the official code). The Rust tests never
 run Python: this script is run once by hand and its outputs are committed.
 
 What it writes (see tests/fixtures/mmrl/manifest.json for the list + sha256):

@@ -2,7 +2,7 @@
 """A small, readable PyTorch reference of CLIP (OpenAI naming) + MMRL.
 
 MMRL: "Multi-Modal Representation Learning for Vision-Language Models"
-(Guo & Gu, CVPR 2025). Written from /work/shared/specs/mmrl.md (sections 1-6, 10),
+(Guo & Gu, CVPR 2025). Written from the MMRL paper and the project's MMRL spec,
 independently of the official code (yunncheng/MMRL); the official code was only read
 to check names and the checkpoint layout.
 

@@ -1,6 +1,6 @@
 //! The benchmark datasets: where each lives under `--root`, its split file,
-//! prompt template and expected sizes (`../shared/specs/protocols.md` §1,
-//! §3.5, §9).
+//! prompt template and expected sizes (CoOp's `DATASETS.md`, `datasets/*.py`
+//! and `CUSTOM_TEMPLATES` in `trainers/zsclip.py`).
 
 use std::fmt;
 

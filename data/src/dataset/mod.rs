@@ -1,6 +1,6 @@
 //! Datasets: the benchmark readers, custom folder and CSV datasets, and the
 //! protocol's few-shot draw and base/novel selection on top of them
-//! (`../shared/specs/protocols.md`).
+//! (CoOp's `datasets/*.py` on Dassl's `DatasetBase`).
 //!
 //! Canonical order: the split files' order where they exist (so the
 //! few-shot draw for seed S is Dassl's), text-file order for FGVCAircraft

@@ -1,5 +1,5 @@
 //! Readers of the benchmark datasets in the layout CoOp's `DATASETS.md`
-//! gives (`../shared/specs/protocols.md` §1–3): the split file where there
+//! gives (its `datasets/*.py` readers): the split file where there
 //! is one, else the dataset's own annotation files, split as CoOp does it
 //! and written back as the split file.
 

@@ -1,6 +1,6 @@
 //! CoOp's split files (`split_zhou_<Name>.json`) and our few-shot manifests,
 //! which have the same shape: `{"train"|"val"|"test": [[relative_path,
-//! label, classname], ...]}` (`../shared/specs/protocols.md` §2, §4.3).
+//! label, classname], ...]}` (CoOp's `datasets/oxford_pets.py`, `save_split`).
 
 use std::path::{Component, Path, PathBuf};
 
