@@ -11,7 +11,7 @@ use mmrl_data::preprocess::{self, CropRounding, PreprocessConfig};
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::loader::{load_clip, Layout, LoadedClip};
 use mmrl_model::methods::{Classes, Method};
-use mmrl_train::checkpoint::{method_settings, read_header, CheckpointHeader};
+use mmrl_train::checkpoint::{read_header, CheckpointHeader};
 use mmrl_train::registry::{self, MethodVisitor};
 use mmrl_train::zeroshot;
 
@@ -402,32 +402,22 @@ impl<B: Backend> MethodVisitor<B> for PredictJob<'_, B> {
             tokenizer,
             pre,
         } = self.setup;
-        let settings: M::Config =
-            method_settings(&args.checkpoint, self.header, M::NAME, &args.set)?;
-        let vocab_check = clip.model.clone();
-        let model =
-            M::load(&settings, clip.model, &args.checkpoint, self.device).with_context(|| {
-                format!(
-                    "loading the {} checkpoint {}",
-                    M::NAME,
-                    args.checkpoint.display()
-                )
-            })?;
-        let settings = model.config();
+        let model = crate::eval_cmd::load_for_classes::<B, M>(
+            &args.checkpoint,
+            self.header,
+            &args.set,
+            clip.model,
+            &tokenizer,
+            &classes,
+            self.template,
+            self.device,
+        )?;
         eprintln!(
             "{}: {} trainable parameters; settings {}",
             M::NAME,
             model.num_trainable_params(),
-            serde_json::to_string(&settings)?
+            serde_json::to_string(&model.config())?
         );
-        let prompts = zeroshot::class_prompts::<B, M, B>(
-            &settings,
-            &tokenizer,
-            &vocab_check,
-            &classes,
-            self.template,
-        )?;
-        let model = model.set_classes(&prompts)?;
         // Text features once for the class set.
         let text = model.text();
         let scored_as = if args.novel {

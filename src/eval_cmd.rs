@@ -118,6 +118,33 @@ pub fn flag_or_recorded<T: PartialEq + std::fmt::Debug + Clone>(
     }
 }
 
+/// A method from a checkpoint (settings: the checkpoint's, then `sets`),
+/// set to a class set: what `eval` and `predict` both start from.
+#[allow(clippy::too_many_arguments)]
+pub fn load_for_classes<B: Backend, M: Method<B>>(
+    checkpoint: &Path,
+    header: Option<&CheckpointHeader>,
+    sets: &[String],
+    clip: Clip<B>,
+    tokenizer: &ClipTokenizer,
+    classes: &[String],
+    template: &str,
+    device: &B::Device,
+) -> Result<M> {
+    let settings: M::Config = method_settings(checkpoint, header, M::NAME, sets)?;
+    let vocab_check = clip.clone();
+    let model = M::load(&settings, clip, checkpoint, device).with_context(|| {
+        format!(
+            "loading the {} checkpoint {}",
+            M::NAME,
+            checkpoint.display()
+        )
+    })?;
+    let prompts =
+        class_prompts::<B, M, B>(&model.config(), tokenizer, &vocab_check, classes, template)?;
+    Ok(model.set_classes(&prompts)?)
+}
+
 /// Scores a checkpoint of any method on one class set.
 struct EvalJob<'a, B: Backend> {
     args: &'a EvalArgs,
@@ -136,24 +163,16 @@ impl<B: Backend> MethodVisitor<B> for EvalJob<'_, B> {
 
     fn visit<M: Method<B>>(self) -> Result<Tally> {
         let a = self.args;
-        let settings: M::Config = method_settings(&a.checkpoint, self.header, M::NAME, &a.set)?;
-        let vocab_check = self.clip.clone();
-        let model =
-            M::load(&settings, self.clip, &a.checkpoint, self.device).with_context(|| {
-                format!(
-                    "loading the {} checkpoint {}",
-                    M::NAME,
-                    a.checkpoint.display()
-                )
-            })?;
-        let prompts = class_prompts::<B, M, B>(
-            &model.config(),
+        let model = load_for_classes::<B, M>(
+            &a.checkpoint,
+            self.header,
+            &a.set,
+            self.clip,
             self.tokenizer,
-            &vocab_check,
             self.classes,
             self.template,
+            self.device,
         )?;
-        let model = model.set_classes(&prompts)?;
         let text = model.text();
         Ok(evaluate(self.loader, |images| {
             model.predict(images, &text, self.scored_as).logits

@@ -281,17 +281,10 @@ impl TrainConfig {
             assignment: assignment.into(),
             msg,
         };
-        let (key, value) = assignment
-            .split_once('=')
-            .ok_or_else(|| bad("is not key=value, e.g. epochs=5 or mmrl.alpha=0.5".into()))?;
+        let (key, parsed) = parse_assignment(assignment, "epochs=5 or mmrl.alpha=0.5")?;
         let mut doc: toml::Value = toml::Value::try_from(&*self).expect("configs serialise");
-        let parsed: toml::Value = format!("v = {}", value.trim())
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
         let mut slot = &mut doc;
-        let parts: Vec<&str> = key.trim().split('.').collect();
+        let parts: Vec<&str> = key.split('.').collect();
         for (i, part) in parts.iter().enumerate() {
             let table = slot
                 .as_table_mut()
@@ -338,6 +331,24 @@ impl TrainConfig {
     }
 }
 
+/// Splits `key=value`; the value is read as TOML (`5`, `[1, 2]`, `"x"`),
+/// else taken as a bare string (`template=a photo of a {}.`).
+fn parse_assignment<'a>(assignment: &'a str, example: &str) -> Result<(&'a str, toml::Value)> {
+    let (key, value) = assignment
+        .split_once('=')
+        .ok_or_else(|| Error::BadAssignment {
+            assignment: assignment.into(),
+            msg: format!("is not key=value, e.g. {example}"),
+        })?;
+    let value = value.trim();
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    Ok((key.trim(), parsed))
+}
+
 /// A method's settings with `key=value` overrides (`alpha=0.2` or
 /// `mmrl.alpha=0.2`; TOML values), as `eval` and `predict` take them over
 /// what a checkpoint records.
@@ -347,23 +358,11 @@ pub fn override_settings<C: MethodConfig>(config: &C, method: &str, sets: &[Stri
         _ => toml::Table::new(),
     };
     for assignment in sets {
-        let bad = |msg: String| Error::BadAssignment {
-            assignment: assignment.clone(),
-            msg,
-        };
-        let (key, value) = assignment
-            .split_once('=')
-            .ok_or_else(|| bad(format!("is not key=value, e.g. {method}.alpha=0.5")))?;
-        let key = key.trim();
+        let (key, parsed) = parse_assignment(assignment, &format!("{method}.alpha=0.5"))?;
         let key = key
             .strip_prefix(method)
             .and_then(|k| k.strip_prefix('.'))
             .unwrap_or(key);
-        let parsed = format!("v = {}", value.trim())
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.trim().to_string()));
         table.insert(key.to_string(), parsed);
     }
     toml::Value::Table(table)

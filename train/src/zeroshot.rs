@@ -55,14 +55,13 @@ pub fn token_tensors<B: Backend>(
     (ids, eot)
 }
 
-/// The class prompts, tokenised and trimmed after the longest one's end
-/// token, after checking the class list and that the tokenizer fits `clip`.
-pub fn encode_prompts<B: Backend>(
+/// Checks a class list and template, and that the tokenizer fits `clip`.
+fn check_prompt_inputs<C: Backend>(
     tokenizer: &ClipTokenizer,
-    clip: &Clip<B>,
+    clip: &Clip<C>,
     classes: &[String],
     template: &str,
-) -> Result<TokenBatch> {
+) -> Result<()> {
     check_classes(template, classes)?;
     let vocab = clip.text_model.embeddings.token_embedding.weight.dims()[0];
     if tokenizer.vocab_size() > vocab {
@@ -71,6 +70,18 @@ pub fn encode_prompts<B: Backend>(
             model: vocab,
         });
     }
+    Ok(())
+}
+
+/// The class prompts, tokenised and trimmed after the longest one's end
+/// token, after checking the class list and that the tokenizer fits `clip`.
+pub fn encode_prompts<B: Backend>(
+    tokenizer: &ClipTokenizer,
+    clip: &Clip<B>,
+    classes: &[String],
+    template: &str,
+) -> Result<TokenBatch> {
+    check_prompt_inputs(tokenizer, clip, classes, template)?;
     let prompts: Vec<String> = classes.iter().map(|c| prompt(template, c)).collect();
     Ok(tokenizer.encode_batch(&prompts)?.trimmed())
 }
@@ -85,14 +96,7 @@ pub fn class_prompts<B: Backend, M: Method<B>, C: Backend>(
     classes: &[String],
     template: &str,
 ) -> Result<ClassPrompts> {
-    check_classes(template, classes)?;
-    let vocab = clip.text_model.embeddings.token_embedding.weight.dims()[0];
-    if tokenizer.vocab_size() > vocab {
-        return Err(Error::VocabMismatch {
-            tokenizer: tokenizer.vocab_size(),
-            model: vocab,
-        });
-    }
+    check_prompt_inputs(tokenizer, clip, classes, template)?;
     let texts = M::prompt_texts(config, classes, template);
     let batch = tokenizer.encode_batch(&texts)?.trimmed();
     let name_lens = classes
