@@ -5,10 +5,15 @@ use std::fmt::Write;
 use std::path::Path;
 
 fn main() {
-    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    // Read when the script runs, not when it was compiled: cargo may reuse a
+    // build-script binary compiled in another checkout of the workspace.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let configs = Path::new(&manifest).join("../configs");
     println!("cargo:rerun-if-changed={}", configs.display());
     let mut files = Vec::new();
-    if let Ok(methods) = std::fs::read_dir(&configs) {
+    let methods = std::fs::read_dir(&configs)
+        .unwrap_or_else(|e| panic!("the recipes folder {}: {e}", configs.display()));
+    {
         for method in methods.flatten().filter(|e| e.path().is_dir()) {
             for file in std::fs::read_dir(method.path())
                 .into_iter()
