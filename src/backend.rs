@@ -41,7 +41,8 @@ impl fmt::Display for DeviceKind {
 }
 
 /// Runs `$body` with `B` bound to the backend `$kind` selects and `device`
-/// set to its default device; fails clearly when the binary lacks it.
+/// set to its default device; fails clearly when the binary lacks it, or
+/// when a GPU backend cannot run here (`devices::require`).
 #[macro_export]
 macro_rules! with_backend {
     ($kind:expr, |$b:ident, $device:ident| $body:expr) => {{
@@ -59,17 +60,23 @@ macro_rules! with_backend {
                 $body
             }
             #[cfg(feature = "wgpu")]
-            DeviceKind::Wgpu => {
-                type $b = $crate::backend::Wgpu;
-                let $device = Default::default();
-                $body
-            }
+            DeviceKind::Wgpu => match $crate::devices::require(DeviceKind::Wgpu) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    type $b = $crate::backend::Wgpu;
+                    let $device = Default::default();
+                    $body
+                }
+            },
             #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => {
-                type $b = $crate::backend::Cuda;
-                let $device = Default::default();
-                $body
-            }
+            DeviceKind::Cuda => match $crate::devices::require(DeviceKind::Cuda) {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    type $b = $crate::backend::Cuda;
+                    let $device = Default::default();
+                    $body
+                }
+            },
             #[allow(unreachable_patterns)]
             other => Err(anyhow::anyhow!(
                 "this mmrl binary was built without the {other} backend; rebuild with \

@@ -36,6 +36,13 @@ pub enum Command {
     Predict(PredictArgs),
     /// The methods this binary holds.
     Methods,
+    /// The backends this binary was built with and the devices each sees; for
+    /// one that cannot run, what is missing and how to install it.
+    Devices {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Datasets: list them, check a layout, print a run's few-shot split.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),
@@ -141,6 +148,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &args, &device
             ))
         }
+        Command::Devices { json } => crate::devices::devices_cmd(json),
         Command::Methods => {
             for (name, summary) in registry::summaries() {
                 println!("{name:<10} {summary}");

@@ -9,5 +9,6 @@ pub mod backend;
 pub mod cli;
 pub mod data_cmd;
 pub mod demo_cmd;
+pub mod devices;
 pub mod eval_cmd;
 pub mod train_cmd;
