@@ -40,12 +40,16 @@ fn tokenizer() -> String {
 }
 
 /// Runs zeroshot --json on the valid images and compares with transformers'
-/// logits in `key` (the images preprocessed as the weights' ecosystem does).
+/// logits in `key` (the images preprocessed as the weights' ecosystem does),
+/// on the tests' backend (`common::DEVICE`) unless `extra` names another.
 fn check_logits(clip: &str, key: &str, extra: &[&str]) {
     let clip = clip_fixture(clip).display().to_string();
     let images = valid_images();
     let classes = classes_arg();
     let mut args: Vec<&str> = vec!["zeroshot", "--clip", &clip, "--json", "--classes", &classes];
+    if !extra.contains(&"--device") {
+        args.extend(["--device", DEVICE]);
+    }
     args.extend_from_slice(extra);
     args.push("--images");
     args.extend(images.iter().map(String::as_str));
@@ -78,7 +82,7 @@ fn check_logits(clip: &str, key: &str, extra: &[&str]) {
             .collect();
         let d = max_abs_diff(&logits, &expected[i * n_classes..(i + 1) * n_classes]);
         eprintln!("{clip} {image}: max logit diff {d:e}");
-        assert!(d <= 1e-3, "{image}: logits differ from transformers by {d}");
+        assert_within(&format!("{clip} {image}: zeroshot logits"), d, 1e-3);
         let sum: f32 = probs.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "probs sum to {sum}");
         let best = (0..n_classes)

@@ -68,12 +68,9 @@ fn assert_matches_transformers(rel: &str, suffix: &str, tol_embed: f32, tol_logi
         &tensor("expected.safetensors", &format!("logits_per_image{suffix}")).0,
     );
     eprintln!("{rel}: max abs diff text {d_text:e}, image {d_image:e}, logits {d_logits:e}");
-    assert!(d_text <= tol_embed, "{rel}: text embeds differ by {d_text}");
-    assert!(
-        d_image <= tol_embed,
-        "{rel}: image embeds differ by {d_image}"
-    );
-    assert!(d_logits <= tol_logits, "{rel}: logits differ by {d_logits}");
+    assert_within(&format!("{rel}: text embeds"), d_text, tol_embed);
+    assert_within(&format!("{rel}: image embeds"), d_image, tol_embed);
+    assert_within(&format!("{rel}: logits"), d_logits, tol_logits);
 }
 
 #[test]

@@ -34,9 +34,7 @@ const CASES: [(&str, ClassTokenPosition); 5] = [
 const DASSL: &str = "prompt_learner/model.pth.tar-50";
 
 fn coop_fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/coop")
-        .join(rel)
+    repo().join("tests/fixtures/coop").join(rel)
 }
 
 fn expected(key: &str) -> (Vec<f32>, Vec<usize>) {
@@ -61,7 +59,7 @@ fn vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
 fn check(name: &str, ours: &[f32], key: &str, tol: f32) -> f32 {
     let d = max_abs_diff(ours, &expected(key).0);
     eprintln!("{name}: max abs diff {d:e}");
-    assert!(d <= tol, "{name} differs from the reference by {d}");
+    assert_within(name, d, tol);
     d
 }
 
@@ -164,7 +162,7 @@ fn text_features_logits_and_loss_match_the_reference() {
             let scale = model.clip.scale().into_scalar().elem::<f32>();
             let d_cos100 = d_logits * 100.0 / scale;
             eprintln!("{case} logits at scale 100 (trim {trim}): max abs diff {d_cos100:e}");
-            assert!(d_cos100 <= 1e-4, "{case}: {d_cos100}");
+            assert_within(&format!("{case} logits at scale 100"), d_cos100, 1e-4);
             let d_loss = check(
                 &format!("{case} loss (trim {trim})"),
                 &vec(loss),
@@ -183,7 +181,11 @@ fn text_features_logits_and_loss_match_the_reference() {
                 )
                 .reshape([4, 48]),
             );
-            assert!(max_abs_diff(&ours, &vec(theirs)) <= 1e-5);
+            assert_within(
+                &format!("{case} normalised text features"),
+                max_abs_diff(&ours, &vec(theirs)),
+                1e-5,
+            );
         }
     }
     eprintln!(

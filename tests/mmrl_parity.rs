@@ -49,7 +49,7 @@ fn vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
 fn assert_close(name: &str, ours: &[f32], key: &str, tol: f32) {
     let d = max_abs_diff(ours, &expected(key));
     eprintln!("{name}: max abs diff {d:e}");
-    assert!(d <= tol, "{name} differs from the reference by {d}");
+    assert_within(name, d, tol);
 }
 
 struct Inputs<Bk: Backend> {
@@ -361,4 +361,62 @@ fn mismatched_checkpoints_are_refused() {
     .map(|e| e.to_string())
     .unwrap_or_default();
     assert!(err.contains("compound_rep_tokens"), "{err}");
+}
+
+/// Device memory in use, as wgpu's CubeCL runtime reports it (on CUDA,
+/// `scripts/gpu-check.sh` reports the peak from the driver instead).
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+fn device_bytes_in_use() -> u64 {
+    use burn::cubecl::Runtime;
+    burn::cubecl::wgpu::WgpuRuntime::client(&Default::default())
+        .memory_usage()
+        .expect("the runtime reports its memory")
+        .bytes_in_use
+}
+
+/// 50 training steps (forward, loss, backward, AdamW) on the GPU backend:
+/// the memory in use after step 50 is what it was after step 10 (no graph,
+/// gradient or optimiser state is kept from one step to the next).
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+#[test]
+fn device_memory_stays_flat_over_50_training_steps() {
+    use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+    type AB = Autodiff<B>;
+    let device = Default::default();
+    let x = inputs::<AB>(true);
+    let [rows, seq] = x.ids.dims();
+    let host = |t: Tensor<AB, 1, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    let prompts = ClassPrompts {
+        classes: (0..rows).map(|i| i.to_string()).collect(),
+        ids: host(x.ids.clone().reshape([rows * seq])),
+        seq,
+        eot: host(x.eot.clone()),
+        name_lens: vec![1; rows],
+    };
+    let inner = load::<B>("mmrl_params.safetensors")
+        .set_classes(&prompts)
+        .unwrap();
+    let mut model: Mmrl<AB> = mmrl::train::step::trainable(inner);
+    let mut optim = AdamWConfig::new().init();
+    let mut usage = Vec::new();
+    let mut losses = Vec::new();
+    for _ in 0..50 {
+        let output = Method::forward(&model, x.images.clone());
+        let loss = MethodLoss::loss(&model, output, x.labels.clone());
+        losses.push(loss.total.clone().into_scalar().elem::<f32>());
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        model = optim.step(1e-3, model, grads);
+        let _ = B::sync(&device);
+        usage.push(device_bytes_in_use());
+    }
+    eprintln!("bytes in use after each step: {usage:?}");
+    assert!(
+        losses[49] < losses[0],
+        "training does not train: {losses:?}"
+    );
+    let (early, late) = (usage[9], usage[49]);
+    assert!(
+        late <= early + early / 20 + (1 << 20),
+        "device memory grows: {early} B after step 10, {late} B after step 50"
+    );
 }

@@ -528,3 +528,87 @@ fn make_one_class(dir: &Path) {
             .unwrap();
     }
 }
+
+/// Every iteration's training loss of a run, from Burn's metric logs
+/// (`seed1/train/train/epoch-N/Loss.log`), in order.
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+fn iteration_losses(out: &Path) -> Vec<f64> {
+    let epochs = out.join("seed1/train/train");
+    let mut n = 1;
+    let mut losses = Vec::new();
+    while let Ok(text) = std::fs::read_to_string(epochs.join(format!("epoch-{n}/Loss.log"))) {
+        losses.extend(
+            text.lines()
+                .filter_map(|l| l.split(',').next()?.trim().parse::<f64>().ok()),
+        );
+        n += 1;
+    }
+    losses
+}
+
+/// The same `mmrl train` on the GPU backend the tests were built for and on
+/// the CPU: the loss falls on the GPU, every iteration's loss and the trained
+/// parameters agree with the CPU run, the checkpoint holds only the trained
+/// tensors, and the accuracies agree.
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+#[test]
+#[ignore = "fails on the fused GPU backends: burn-fusion panics ('Should have handle for \
+            tensor') when Burn's Learner runs the step on its own thread (docs/gpu.md); \
+            run it with --include-ignored"]
+fn training_on_gpu_matches_the_cpu_run() {
+    use common::{assert_within, tensor_at, DEVICE};
+    let tmp = TempDir::new("train-gpu");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let run = |device: &str| {
+        let out = tmp.path().join(device);
+        let o = train_with(&root, &out, "1", &["--device", device]);
+        assert!(
+            o.status.success(),
+            "{device}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let results: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        (out, results)
+    };
+    let (cpu_out, cpu) = run("cpu");
+    let (gpu_out, gpu) = run(DEVICE);
+    let (cpu_losses, gpu_losses) = (iteration_losses(&cpu_out), iteration_losses(&gpu_out));
+    assert!(gpu_losses.len() >= 6, "{gpu_losses:?}");
+    assert_eq!(cpu_losses.len(), gpu_losses.len());
+    let first = gpu_losses[..2].iter().sum::<f64>();
+    let last = gpu_losses[gpu_losses.len() - 2..].iter().sum::<f64>();
+    assert!(last < first, "the loss does not fall: {gpu_losses:?}");
+    for (i, (c, g)) in cpu_losses.iter().zip(&gpu_losses).enumerate() {
+        assert_within(
+            &format!("training loss at iteration {i}"),
+            ((c - g).abs() / c.abs().max(1.0)) as f32,
+            1e-4,
+        );
+    }
+    let ckpt = |out: &Path| out.join("seed1/mmrl.safetensors");
+    let bytes = std::fs::read(ckpt(&gpu_out)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for name in st.names() {
+        assert!(
+            name.contains("representation_learner") || name.contains("proj_rep"),
+            "{name} is not a trained tensor"
+        );
+        let (c, _) = tensor_at(&ckpt(&cpu_out), name);
+        let (g, _) = tensor_at(&ckpt(&gpu_out), name);
+        assert_within(
+            &format!("trained {name}"),
+            common::max_abs_diff(&c, &g),
+            1e-4,
+        );
+    }
+    for k in ["base", "novel"] {
+        let (c, g) = (
+            cpu["seeds"][0][k].as_f64().unwrap(),
+            gpu["seeds"][0][k].as_f64().unwrap(),
+        );
+        assert!((c - g).abs() < 1e-9, "{k}: cpu {c}, {DEVICE} {g}");
+    }
+}

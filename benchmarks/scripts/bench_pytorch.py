@@ -66,9 +66,26 @@ def vit_b16_config() -> CLIPConfig:
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-to-character table, as OpenAI CLIP's `simple_tokenizer.py` defines it."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
 def clip_tokenizer() -> CLIPTokenizer:
     """Full OpenAI CLIP BPE tokenizer (vocab 49408) built from data/assets (no download)."""
-    from open_clip.tokenizer import bytes_to_unicode  # same table as OpenAI's
+    try:
+        from open_clip.tokenizer import bytes_to_unicode  # same table as OpenAI's
+    except ImportError:  # machines with transformers only
+        bytes_to_unicode = _bytes_to_unicode
 
     lines = gzip.open(BPE).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 1 + 49152 - 256 - 2]]
@@ -119,18 +136,24 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", type=Path, default=None, help="also write the result JSON here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=8, help="images per encode")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="bf16: the whole model in bfloat16 (cuda)")
     args = ap.parse_args()
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as Burn's CUDA f32 matmuls
 
     torch.manual_seed(args.seed)
     device = args.device
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"torch.get_num_threads() = {torch.get_num_threads()}", flush=True)
 
-    model = CLIPModel(vit_b16_config()).eval().to(device=device, dtype=torch.float32)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    model = CLIPModel(vit_b16_config()).eval().to(device=device, dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
 
     g = torch.Generator().manual_seed(args.seed)
-    images = torch.randn(8, 3, 224, 224, generator=g).to(device)
+    images = torch.randn(args.batch, 3, 224, 224, generator=g).to(device=device, dtype=dtype)
     tok = clip_tokenizer()
     prompts = [f"a photo of a {c.replace('_', ' ')}." for c in CIFAR100]
     enc = tok(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
@@ -151,17 +174,19 @@ def main() -> None:
         "cpu": cpu,
         "flags": flags,
         "threads": torch.get_num_threads(),
-        "dtype": "f32",
+        "dtype": args.dtype,
         "attn_implementation": model.config._attn_implementation,
         "model": f"CLIP ViT-B/16 (random weights, {n_params / 1e6:.1f}M params)",
         "iters": args.iters,
-        "image_batch8_s": img_med,
-        "image_batch8_min_s": min(img_times),
-        "images_per_s": 8 / img_med,
+        "batch": args.batch,
+        "image_batch8_s" if args.batch == 8 else "image_batch_s": img_med,
+        "image_batch8_min_s" if args.batch == 8 else "image_batch_min_s": min(img_times),
+        "images_per_s": args.batch / img_med,
         "text_100_s": txt_med,
         "text_100_min_s": min(txt_times),
         "prompts_per_s": 100 / txt_med,
         "prompt_tokens_min_max": [min(n_tokens), max(n_tokens)],
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
     }
     line = json.dumps(result)
     print(line, flush=True)

@@ -1,9 +1,9 @@
 //! `mmrl-bench`: ViT-B/16 CLIP tower throughput with random weights.
 //!
 //! ```text
-//! mmrl-bench --backend ndarray|flex|wgpu|cuda [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
+//! mmrl-bench --backend ndarray|flex|wgpu|cuda|cuda-bf16 [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
 //! mmrl-bench --what loader [--workers N] [--cache] [--images 256] [--epochs 3] [--dir DIR]
-//! mmrl-bench --what mmrl-step [--backend flex] [--batch 4] [--prompts 100] [--iters 3]
+//! mmrl-bench --what mmrl-step [--backend flex|ndarray|wgpu|cuda] [--batch 4] [--prompts 100] [--iters 3]
 //! ```
 //! `--what mmrl-step` times one MMRL training step (forward, loss, backward)
 //! with the frozen lower image layers run twice (as before the method
@@ -270,7 +270,19 @@ fn main() {
                 &args,
                 Default::default(),
             ),
-            other => Err(format!("mmrl-step runs on flex or ndarray, not {other}")),
+            #[cfg(feature = "wgpu")]
+            "wgpu" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
+                &args,
+                Default::default(),
+            ),
+            #[cfg(feature = "cuda")]
+            "cuda" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                &args,
+                Default::default(),
+            ),
+            other => Err(format!(
+                "mmrl-step runs on flex, ndarray, wgpu or cuda (when built in), not {other}"
+            )),
         };
         if let Err(e) = result {
             eprintln!("error: {e}");
@@ -292,6 +304,9 @@ fn main() {
         "wgpu" => run::<burn::backend::Wgpu>(&args, Default::default()),
         #[cfg(feature = "cuda")]
         "cuda" => run::<burn::backend::Cuda>(&args, Default::default()),
+        // Weights, activations and matmuls in bf16 (accumulated in f32).
+        #[cfg(feature = "cuda")]
+        "cuda-bf16" => run::<burn::backend::Cuda<burn::tensor::bf16>>(&args, Default::default()),
         other => Err(format!(
             "backend {other} is not built in (features: wgpu, cuda)"
         )),

@@ -100,10 +100,13 @@ pub fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<(), Str
         );
         let grads = loss.total.backward();
         let _ = model.proj_rep.grad(&grads).map(|g| g.into_data());
+        let _ = B::sync(&device);
     };
+    // A GPU backend queues its kernels: `sync` waits for the backward pass too.
     let shared = || {
         let out = TrainStep::step(&trainee, batch.clone());
         let _ = out.item.loss.into_data();
+        let _ = B::sync(&device);
         let _ = out.grads;
     };
     // Warm-up, then the two ways alternately, so that drift in the

@@ -4,21 +4,78 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The default CPU backend (flex), as `mmrl --device cpu` runs.
+/// The backend the parity tests run on: the default CPU backend (flex), as
+/// `mmrl --device cpu` runs; built with `--features test-wgpu` or
+/// `--features test-cuda`, the same tests run on that GPU backend.
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
 pub type B = mmrl::backend::Cpu;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+pub type B = mmrl::backend::Wgpu;
+#[cfg(feature = "test-cuda")]
+pub type B = mmrl::backend::Cuda;
+
+/// The `--device` of `B`, for tests that run the binary.
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
+pub const DEVICE: &str = "cpu";
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+pub const DEVICE: &str = "wgpu";
+#[cfg(feature = "test-cuda")]
+pub const DEVICE: &str = "cuda";
+
+/// How much a comparison on `B` may differ beyond the CPU tolerance it
+/// states. Measured (docs/gpu.md): wgpu runs f32 throughout, in another
+/// reduction order; CUDA runs f32 matmuls as TF32 (10-bit mantissa), which
+/// moves logits at CLIP's scale of 100 by up to ~1e-2.
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
+pub const TOL_SCALE: f32 = 1.0;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+pub const TOL_SCALE: f32 = 1.0;
+#[cfg(feature = "test-cuda")]
+pub const TOL_SCALE: f32 = 100.0;
+
+/// Asserts `diff <= cpu_tol * TOL_SCALE`. With `MMRL_TEST_MEASURE=<file>` set
+/// it also appends `{"check", "backend", "diff", "tol"}` to that file as a
+/// JSON line, and with `MMRL_TEST_NO_ASSERT=1` it only records: how the GPU
+/// tolerances are measured (`scripts/gpu-check.sh`).
+pub fn assert_within(check: &str, diff: f32, cpu_tol: f32) {
+    let tol = cpu_tol * TOL_SCALE;
+    if let Some(path) = std::env::var_os("MMRL_TEST_MEASURE") {
+        use std::io::Write;
+        let line = serde_json::json!({
+            "check": check, "backend": DEVICE, "diff": diff, "tol": tol,
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("MMRL_TEST_MEASURE is writable");
+        writeln!(f, "{line}").unwrap();
+        if std::env::var_os("MMRL_TEST_NO_ASSERT").is_some() {
+            return;
+        }
+    }
+    assert!(
+        diff <= tol,
+        "{check}: differs from the reference by {diff:e} (tolerance {tol:e} on {DEVICE})"
+    );
+}
+
+/// The repository root: where the fixtures are. `MMRL_REPO` overrides the
+/// build-time path, so that test binaries built here run on another machine.
+pub fn repo() -> PathBuf {
+    std::env::var_os("MMRL_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
 
 /// `tests/fixtures/clip/<rel>`.
 pub fn clip_fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/clip")
-        .join(rel)
+    repo().join("tests/fixtures/clip").join(rel)
 }
 
 /// `tests/fixtures/mmrl/<rel>`.
 pub fn mmrl_fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/mmrl")
-        .join(rel)
+    repo().join("tests/fixtures/mmrl").join(rel)
 }
 
 /// A tensor of a CLIP fixture safetensors file: (values as f32, shape).
@@ -65,12 +122,12 @@ pub fn expected_json() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(clip_fixture("expected.json")).unwrap()).unwrap()
 }
 
-/// Runs the `mmrl` binary.
+/// Runs the `mmrl` binary (`MMRL_BIN` overrides the one cargo built).
 pub fn mmrl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmrl"))
-        .args(args)
-        .output()
-        .expect("mmrl runs")
+    let bin = std::env::var_os("MMRL_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mmrl")));
+    Command::new(bin).args(args).output().expect("mmrl runs")
 }
 
 /// Asserts a failed run: exit code 2, no panic, stderr mentioning every `needle`.

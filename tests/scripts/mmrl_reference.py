@@ -84,9 +84,9 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads) for _ in range(layers)])
 
 
-def causal_mask(n: int, dtype: torch.dtype) -> torch.Tensor:
+def causal_mask(n: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
     """Additive causal mask: -inf strictly above the diagonal, 0 elsewhere."""
-    return torch.full((n, n), float("-inf"), dtype=dtype).triu(1)
+    return torch.full((n, n), float("-inf"), dtype=dtype, device=device).triu(1)
 
 
 class VisionTransformer(nn.Module):
@@ -171,12 +171,12 @@ class CLIP(nn.Module):
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.text_stem(input_ids)
-        mask = causal_mask(x.shape[1], x.dtype)
+        mask = causal_mask(x.shape[1], x.dtype, x.device)
         for block in self.transformer.resblocks:
             x = block(x, mask)
         x = self.ln_final(x)
         eot = eot_index(input_ids)
-        return x[torch.arange(x.shape[0]), eot] @ self.text_projection
+        return x[torch.arange(x.shape[0], device=x.device), eot] @ self.text_projection
 
 
 def eot_index(input_ids: torch.Tensor) -> torch.Tensor:
@@ -293,10 +293,10 @@ class MMRL(nn.Module):
                     hidden_before = x
                 x = self._inject(x, txt_tokens[j], first=(j == 0))
             # 77x77 before the first injected block, (77+K)x(77+K) from it on
-            x = block(x, causal_mask(x.shape[1], x.dtype))
+            x = block(x, causal_mask(x.shape[1], x.dtype, x.device))
         x = self.clip.ln_final(x)
         rows = eot_index(input_ids) + k  # EOT moved right by the K inserted tokens
-        features = x[torch.arange(x.shape[0]), rows] @ self.clip.text_projection
+        features = x[torch.arange(x.shape[0], device=x.device), rows] @ self.clip.text_projection
         return {"text": features, "hidden_before": hidden_before}
 
     # ---- everything for one batch
