@@ -23,15 +23,16 @@ pub const DEVICE: &str = "wgpu";
 pub const DEVICE: &str = "cuda";
 
 /// How much a comparison on `B` may differ beyond the CPU tolerance it
-/// states. Measured (docs/gpu.md): wgpu runs f32 throughout, in another
-/// reduction order; CUDA runs f32 matmuls as TF32 (10-bit mantissa), which
-/// moves logits at CLIP's scale of 100 by up to ~1e-2.
+/// states, from measurements (docs/gpu.md). wgpu runs f32 throughout, in
+/// another reduction order: every check within its CPU tolerance (worst 0.35
+/// of it). CUDA runs f32 matmuls as TF32 (10-bit mantissa): CLIP's
+/// embeddings and logits came within 3.7× their CPU tolerances on an H200.
 #[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
 pub const TOL_SCALE: f32 = 1.0;
 #[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
 pub const TOL_SCALE: f32 = 1.0;
 #[cfg(feature = "test-cuda")]
-pub const TOL_SCALE: f32 = 100.0;
+pub const TOL_SCALE: f32 = 10.0;
 
 /// Asserts `diff <= cpu_tol * TOL_SCALE`. With `MMRL_TEST_MEASURE=<file>` set
 /// it also appends `{"check", "backend", "diff", "tol"}` to that file as a
