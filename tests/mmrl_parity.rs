@@ -59,6 +59,19 @@ struct Inputs<Bk: Backend> {
     labels: Tensor<Bk, 1, Int>,
 }
 
+/// The inputs' token ids as the host-side class prompts `set_classes` takes.
+fn class_prompts<Bk: Backend>(x: &Inputs<Bk>) -> ClassPrompts {
+    let [rows, seq] = x.ids.dims();
+    let host = |t: Tensor<Bk, 1, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
+    ClassPrompts {
+        classes: (0..rows).map(|i| i.to_string()).collect(),
+        ids: host(x.ids.clone().reshape([rows * seq])),
+        seq,
+        eot: host(x.eot.clone()),
+        name_lens: vec![1; rows],
+    }
+}
+
 fn inputs<Bk: Backend>(trim: bool) -> Inputs<Bk> {
     let device = Default::default();
     let cfg = config();
@@ -190,15 +203,7 @@ fn gradients_match_the_reference_and_clip_stays_frozen() {
     // inner backend (`set_classes`), then `Method::forward` (the lower image
     // layers once, shared by the zero-shot target and the injected path)
     // and MMRL's `MethodLoss`.
-    let [rows, seq] = x.ids.dims();
-    let host = |t: Tensor<AB, 1, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
-    let prompts = ClassPrompts {
-        classes: (0..rows).map(|i| i.to_string()).collect(),
-        ids: host(x.ids.clone().reshape([rows * seq])),
-        seq,
-        eot: host(x.eot.clone()),
-        name_lens: vec![1; rows],
-    };
+    let prompts = class_prompts(&x);
     let model = Mmrl::<AB>::from_inner(model.valid().set_classes(&prompts).unwrap());
     let output = Method::forward(&model, x.images.clone());
     let loss = MethodLoss::loss(&model, output, x.labels);
@@ -384,15 +389,7 @@ fn device_memory_stays_flat_over_50_training_steps() {
     type AB = Autodiff<B>;
     let device = Default::default();
     let x = inputs::<AB>(true);
-    let [rows, seq] = x.ids.dims();
-    let host = |t: Tensor<AB, 1, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
-    let prompts = ClassPrompts {
-        classes: (0..rows).map(|i| i.to_string()).collect(),
-        ids: host(x.ids.clone().reshape([rows * seq])),
-        seq,
-        eot: host(x.eot.clone()),
-        name_lens: vec![1; rows],
-    };
+    let prompts = class_prompts(&x);
     let inner = load::<B>("mmrl_params.safetensors")
         .set_classes(&prompts)
         .unwrap();
