@@ -58,6 +58,21 @@ pub enum OptimizerKind {
     Adamw,
     /// SGD with `momentum`, dampening 0 and L2 `weight_decay` (PyTorch's).
     Sgd,
+    /// Adam, betas 0.9/0.999, `eps`, L2 `weight_decay` added to the
+    /// gradient (PyTorch's `torch.optim.Adam`; the Multi-Modal Adapter's).
+    Adam,
+}
+
+/// How the learning rate moves over the epochs (`OPTIM.LR_SCHEDULER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrScheduler {
+    /// Dassl's: `warmup_epochs` at `warmup_lr`, then a per-epoch cosine
+    /// from `lr` to 0 over `epochs`.
+    #[default]
+    Cosine,
+    /// `lr` throughout (after any warm-up epochs).
+    Constant,
 }
 
 /// Everything that decides a run's numbers: printed at start and saved
@@ -82,6 +97,8 @@ pub struct TrainConfig {
     pub eps: f64,
     /// SGD momentum.
     pub momentum: f64,
+    /// `cosine` (Dassl's) or `constant`.
+    pub lr_scheduler: LrScheduler,
     /// Epochs at the constant `warmup_lr` before the cosine (Dassl's
     /// `WARMUP_EPOCH`, constant warm-up, recounted).
     pub warmup_epochs: usize,
@@ -123,6 +140,7 @@ impl Default for TrainConfig {
             weight_decay: 5e-4,
             eps: 1e-8,
             momentum: 0.9,
+            lr_scheduler: LrScheduler::Cosine,
             warmup_epochs: 1,
             warmup_lr: 1e-5,
             crop_scale: (0.5, 1.0),

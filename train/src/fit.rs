@@ -9,9 +9,10 @@ use std::sync::Arc;
 use burn::backend::Flex;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, SgdConfig};
+use burn::optim::{Adam, AdamConfig, AdamWConfig, SgdConfig};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
@@ -24,7 +25,7 @@ use mmrl_data::dataset::Prepared;
 use mmrl_data::loader::{ImageBatch, ImageLoader, LoaderMode};
 use mmrl_data::preprocess::PreprocessConfig;
 
-use crate::config::{OptimizerKind, TrainConfig};
+use crate::config::{LrScheduler, OptimizerKind, TrainConfig};
 use crate::loss::MethodLoss;
 use crate::protocol::samples;
 use crate::renderer::EpochLines;
@@ -76,6 +77,21 @@ pub fn last_train_accuracy(dir: &Path, epoch: usize) -> Option<f64> {
     (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
 }
 
+/// PyTorch's Adam (`torch.optim.Adam`): betas 0.9/0.999, the config's eps,
+/// `weight_decay` as an L2 term added to the gradient.
+pub fn adam<B: AutodiffBackend, M: AutodiffModule<B>>(
+    cfg: &TrainConfig,
+) -> OptimizerAdaptor<Adam, M, B> {
+    AdamConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(cfg.eps as f32)
+        .with_weight_decay(
+            (cfg.weight_decay > 0.0).then(|| WeightDecayConfig::new(cfg.weight_decay as f32)),
+        )
+        .init()
+}
+
 impl Fit<'_> {
     /// Trains `model` (set to its training classes) with the config's
     /// optimiser and schedule; returns the last epoch's model on the inner
@@ -99,6 +115,7 @@ impl Fit<'_> {
                     .init();
                 self.run::<B, _, _>(trainee, optim, M::TERMS, device)?
             }
+            OptimizerKind::Adam => self.run::<B, _, _>(trainee, adam(cfg), M::TERMS, device)?,
             // PyTorch's SGD: dampening 0 (Burn's default is 0.1), L2 decay.
             OptimizerKind::Sgd => {
                 let optim = SgdConfig::new()
@@ -182,6 +199,7 @@ impl Fit<'_> {
             warmup_lr: cfg.warmup_lr,
             iters_per_epoch: iters,
             step: 0,
+            constant: cfg.lr_scheduler == LrScheduler::Constant,
         };
         let mut train_arc: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(train_loader.clone());
         // The reference never validates (`TEST.FINAL_MODEL last_step`):

@@ -3,12 +3,13 @@
 //! scalar that is minimised, the logits its training accuracy is read from,
 //! and its named terms (shown per epoch as Burn metrics).
 //!
-//! CoOp and zero-shot CLIP use plain cross entropy (below); MMRL's loss is
+//! CoOp, the Multi-Modal Adapter and zero-shot CLIP use plain cross entropy (below); MMRL's loss is
 //! in [`crate::mmrl_loss`]. A new method adds its own `<name>_loss.rs`.
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
 use mmrl_model::methods::coop::Coop;
+use mmrl_model::methods::mm_adapter::MmAdapter;
 use mmrl_model::methods::zeroshot::ZeroShot;
 use mmrl_model::methods::Method;
 
@@ -59,6 +60,18 @@ impl<B: Backend> MethodLoss<B> for Coop<B> {
 
 /// Zero-shot CLIP is never trained; its loss is defined for validation only.
 impl<B: Backend> MethodLoss<B> for ZeroShot<B> {
+    fn loss(&self, logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Loss<B> {
+        Loss {
+            total: cross_entropy(logits.clone(), labels),
+            logits,
+            terms: Vec::new(),
+        }
+    }
+}
+
+/// The Multi-Modal Adapter: cross entropy of its logits over the training
+/// classes, no regulariser (`dqmis/clip-mma` `pipelines/train.py`).
+impl<B: Backend> MethodLoss<B> for MmAdapter<B> {
     fn loss(&self, logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Loss<B> {
         Loss {
             total: cross_entropy(logits.clone(), labels),

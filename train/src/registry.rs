@@ -7,6 +7,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use mmrl_model::methods::coop::Coop;
+use mmrl_model::methods::mm_adapter::MmAdapter;
 use mmrl_model::methods::mmrl::Mmrl;
 use mmrl_model::methods::zeroshot::ZeroShot;
 use mmrl_model::methods::Method;
@@ -71,7 +72,7 @@ macro_rules! registry {
     };
 }
 
-registry!(ZeroShot, Coop, Mmrl);
+registry!(ZeroShot, Coop, Mmrl, MmAdapter);
 
 /// Checks a method name.
 pub fn check(name: &str) -> Result<()> {

@@ -2,7 +2,9 @@
 //! constant warm-up for `warmup_epochs` epochs, then cosine annealing over
 //! `epochs` (`CosineAnnealingLR(T_max = MAX_EPOCH)`), stepped once per
 //! epoch. Burn steps schedulers once per batch, so this one counts batches
-//! and changes the rate only at epoch boundaries.
+//! and changes the rate only at epoch boundaries. `constant: true` keeps
+//! `base_lr` after the warm-up (`lr_scheduler = "constant"`: the
+//! Multi-Modal Adapter's reference never steps its cosine).
 
 use burn::lr_scheduler::LrScheduler;
 use burn::prelude::Backend;
@@ -21,6 +23,8 @@ pub struct DasslSchedule {
     pub iters_per_epoch: usize,
     /// Batches stepped so far.
     pub step: usize,
+    /// `base_lr` after the warm-up instead of the cosine.
+    pub constant: bool,
 }
 
 impl DasslSchedule {
@@ -29,6 +33,8 @@ impl DasslSchedule {
     pub fn lr_of_epoch(&self, e: usize) -> f64 {
         if e < self.warmup_epochs {
             self.warmup_lr
+        } else if self.constant {
+            self.base_lr
         } else {
             let t = (e - self.warmup_epochs) as f64 / self.epochs as f64;
             0.5 * self.base_lr * (1.0 + (std::f64::consts::PI * t).cos())
@@ -72,6 +78,7 @@ mod tests {
             warmup_lr: 1e-5,
             iters_per_epoch: 3,
             step: 0,
+            constant: false,
         };
         let want = [
             1e-5, 1e-3, 9.755e-4, 9.045e-4, 7.939e-4, 6.545e-4, 5e-4, 3.455e-4, 2.061e-4, 9.549e-5,

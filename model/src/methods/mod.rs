@@ -39,6 +39,8 @@ use crate::Result;
 pub mod checkpoint;
 pub mod coop;
 pub mod coop_io;
+pub mod mm_adapter;
+pub mod mm_adapter_io;
 pub mod mmrl;
 pub mod mmrl_io;
 pub mod zeroshot;
