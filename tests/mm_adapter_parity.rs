@@ -245,3 +245,75 @@ impl<Bk: burn::tensor::backend::AutodiffBackend> burn::module::ModuleMapper<Bk> 
         burn::module::Param::from_mapped_value(id, Tensor::from_inner(grad), mapper)
     }
 }
+
+/// `mmrl predict` on the reference's own checkpoint reproduces its logits.
+/// The fixture's pixels were cropped as transformers does; an OpenAI-named
+/// CLIP file is cropped as OpenAI does, which moves gray.png (row 0) by a
+/// row, so rows 1–5 are compared.
+#[test]
+fn predict_on_a_reference_checkpoint_gives_its_logits() {
+    let clip = clip_fixture("tiny_openai.safetensors")
+        .display()
+        .to_string();
+    let tok = clip_fixture("tiny_hf/tokenizer.json").display().to_string();
+    let classes = strings(&json()["classes"]).join(",");
+    let images: Vec<String> = [
+        "gray.png",
+        "rgb.jpg",
+        "rgb16.png",
+        "rgba.png",
+        "small.png",
+        "wide.jpg",
+    ]
+    .iter()
+    .map(|n| clip_fixture(&format!("images/{n}")).display().to_string())
+    .collect();
+    for (name, _) in VARIANTS {
+        let ckpt = fixture(&format!("{name}/model_best.pth.tar"))
+            .display()
+            .to_string();
+        let mut args = vec![
+            "predict",
+            "--method",
+            "mm-adapter",
+            "--device",
+            DEVICE,
+            "--clip",
+            &clip,
+            "--checkpoint",
+            &ckpt,
+            "--tokenizer",
+            &tok,
+            "--classes",
+            &classes,
+            "--template",
+            "a photo of a {}.",
+            "--json",
+            "--images",
+        ];
+        args.extend(images.iter().map(String::as_str));
+        let out = mmrl(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let n = json()["variants"][name]["trainable_params"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            stderr.contains(&format!("{n} trainable parameters")),
+            "{stderr}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (want, shape) = expected(&format!("{name}.logits"));
+        let c = shape[1];
+        for row in 1..6 {
+            let got: Vec<f32> = json["results"][row]["logits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let d = max_abs_diff(&got, &want[row * c..(row + 1) * c]);
+            assert_within(&format!("{name} predict row {row}"), d, 1e-4);
+        }
+    }
+}

@@ -137,3 +137,24 @@ fn overrides_apply_in_order_and_bad_ones_are_named() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--root"));
 }
+
+#[test]
+fn mm_adapter_recipes_use_the_references_optimiser_on_the_common_protocol() {
+    for protocol in ["base2novel", "fewshot", "cross"] {
+        let (recipe, c) = dry_run(&[
+            "--method",
+            "mm-adapter",
+            "--dataset",
+            "eurosat",
+            "--protocol",
+            protocol,
+        ]);
+        assert_eq!(recipe, format!("configs/mm-adapter/{protocol}.toml"));
+        assert_eq!(c["optimizer"].as_str(), Some("adam"));
+        assert_eq!(c["lr_scheduler"].as_str(), Some("constant"));
+        assert_eq!(c["lr"].as_float(), Some(0.01));
+        assert_eq!(c["weight_decay"].as_float(), Some(1e-4));
+        assert_eq!((int(&c, "epochs"), int(&c, "batch_size")), (100, 64));
+        assert_eq!(c["mm-adapter"]["variant"].as_str(), Some("master"));
+    }
+}

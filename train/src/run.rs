@@ -170,6 +170,11 @@ impl<B: AutodiffBackend> TrainVisitor<B> for SeedJob<'_, B> {
         B::seed(self.device, seed);
         let fresh = Inner::<M, B>::init(&config, self.clip.clone(), &prompts, &inner_device)?;
         let (mut model, train_accuracy) = if fresh.num_trainable_params() > 0 {
+            println!(
+                "seed {seed}: {}: {} trainable parameters",
+                cfg.method,
+                fresh.num_trainable_params()
+            );
             let fit = Fit {
                 cfg,
                 resume: self.paths.resume,
