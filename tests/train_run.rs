@@ -474,11 +474,13 @@ fn coop_and_zero_shot_run_through_the_same_trainer_and_reports() {
 }
 
 /// The Multi-Modal Adapter through the same trainer with its recipe's
-/// optimiser (Adam, constant rate): the loss falls, the checkpoint holds
-/// the adapter under the reference's names, `mmrl eval` reproduces the
-/// run's numbers and `mmrl predict` scores with it.
+/// optimiser (Adam, constant rate) and early stopping: the loss falls, the
+/// run stops `patience` epochs after its best validation epoch and keeps
+/// that epoch's weights, the checkpoint holds the adapter under the
+/// reference's names, `mmrl eval` reproduces the run's numbers and `mmrl
+/// predict` scores with it.
 #[test]
-fn mm_adapter_trains_evaluates_and_predicts() {
+fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
     let tmp = TempDir::new("train-mma");
     let root = tmp.path().join("data");
     make_dataset(&root);
@@ -499,11 +501,13 @@ fn mm_adapter_trains_evaluates_and_predicts() {
         "--seeds",
         "1",
         "--epochs",
-        "4",
+        "12",
         "--batch-size",
         "4",
         "--set",
         "workers=1",
+        "--set",
+        "patience=2",
         "--output",
         out.to_str().unwrap(),
     ]);
@@ -514,11 +518,54 @@ fn mm_adapter_trains_evaluates_and_predicts() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(stdout.contains("77552 trainable parameters"), "{stdout}");
-    let losses = iteration_losses(&out);
-    assert_eq!(losses.len(), 4 * 3, "{losses:?}");
+    // Validation after every epoch; the run ends 2 epochs after the best.
+    let kept: usize = stdout
+        .split("kept epoch ")
+        .nth(1)
+        .and_then(|s| s.split('\'').next()?.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the best epoch is named: {stdout} {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+    let ran = stdout.matches(" valid: ").count();
+    assert_eq!(ran, (kept + 2).min(12), "{stdout}");
+    assert_eq!(stdout.matches(" train: ").count(), ran);
+    assert_eq!(iteration_losses(&out).len(), ran * 3);
+    // Without early stopping, over 6 epochs, the loss falls.
+    let long = tmp.path().join("long");
+    let o = mmrl(&[
+        "train",
+        "--method",
+        "mm-adapter",
+        "--dataset",
+        "folder",
+        "--root",
+        root.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--shots",
+        "4",
+        "--seeds",
+        "1",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "4",
+        "--set",
+        "workers=1",
+        "--set",
+        "patience=0",
+        "--output",
+        long.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let losses = iteration_losses(&long);
+    assert_eq!(losses.len(), 6 * 3, "{losses:?}");
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     assert!(
-        mean(&losses[9..]) < mean(&losses[..3]),
+        mean(&losses[12..]) < mean(&losses[..3]),
         "the loss falls: {losses:?}"
     );
     let ckpt = out.join("seed1/mm-adapter.safetensors");

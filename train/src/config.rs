@@ -108,6 +108,11 @@ pub struct TrainConfig {
     /// Score the validation split every N epochs during training; 0 (the
     /// reference, `TEST.FINAL_MODEL last_step`): never.
     pub val_every: usize,
+    /// Early stopping (0: off, the Dassl recipes): validate after every
+    /// epoch, stop after this many epochs without a higher validation
+    /// accuracy, and keep the best validation epoch's weights (the
+    /// Multi-Modal Adapter's reference: 10).
+    pub patience: usize,
     /// Decoding threads.
     pub workers: usize,
     /// Keep decoded images in memory after the first epoch.
@@ -145,6 +150,7 @@ impl Default for TrainConfig {
             warmup_lr: 1e-5,
             crop_scale: (0.5, 1.0),
             val_every: 0,
+            patience: 0,
             workers: 2,
             cache_images: true,
             skip_bad_images: false,

@@ -74,6 +74,11 @@ pub enum Error {
         path: std::path::PathBuf,
         msg: String,
     },
+    #[error("{path}: {msg}; run the seed again without --resume")]
+    LearnerCheckpoint {
+        path: std::path::PathBuf,
+        msg: String,
+    },
     #[error(
         "{path} records {what} that cannot be read ({msg}); it was written by another mmrl version"
     )]

@@ -16,8 +16,11 @@ use burn::optim::{Adam, AdamConfig, AdamWConfig, SgdConfig};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::checkpoint::KeepLastNCheckpoints;
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy, KeepLastNCheckpoints};
+use burn::train::metric::store::{Aggregate, EventStoreClient, Split};
+use burn::train::metric::Metric;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
+use burn::train::EarlyStoppingStrategy;
 use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainStep};
 
 use mmrl_data::augment::TrainTransform;
@@ -204,10 +207,19 @@ impl Fit<'_> {
         let mut train_arc: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(train_loader.clone());
         // The reference never validates (`TEST.FINAL_MODEL last_step`):
         // the validation pass runs only every `val_every` epochs.
+        if cfg.patience > 0 && self.data.val.is_empty() {
+            return Err(Error::BadSetting {
+                key: "patience",
+                msg: format!(
+                    "needs a validation split, and {} has none; set patience = 0",
+                    self.data.dataset
+                ),
+            });
+        }
         let valid_arc: Arc<dyn DataLoader<B::InnerBackend, ImageBatch<B::InnerBackend>>> =
             Arc::new(EveryNth {
                 inner: Arc::new(valid_loader.clone()),
-                every: cfg.val_every,
+                every: if cfg.patience > 0 { 1 } else { cfg.val_every },
                 epoch: Arc::new(AtomicUsize::new(resume_from.unwrap_or(0))),
             });
         let interrupter = burn::train::Interrupter::new();
@@ -226,9 +238,19 @@ impl Fit<'_> {
             // Full precision, so that a resumed run continues bit for bit;
             // the last two epochs are kept (there is no "best" without validation).
             .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
-            .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
             .num_epochs(cfg.epochs)
             .with_application_logger(None);
+        let best = BestValidation::default();
+        training = if cfg.patience > 0 {
+            training
+                .with_checkpointing_strategy(best.clone())
+                .early_stopping(EarlyStop {
+                    best: best.clone(),
+                    patience: cfg.patience,
+                })
+        } else {
+            training.with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        };
         for (i, name) in terms.iter().enumerate() {
             training = training.metric_train_numeric(LossTermMetric::<Flex>::new(i, name));
         }
@@ -249,7 +271,107 @@ impl Fit<'_> {
         {
             return Err(e.into());
         }
-        Ok(result.model)
+        let mut model = result.model;
+        if let Some((epoch, accuracy)) = best.best() {
+            let path = ckpt_dir.join(format!("model-{epoch}"));
+            model = model
+                .load_file(
+                    &path,
+                    &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
+                    &device.clone().into(),
+                )
+                .map_err(|e| Error::LearnerCheckpoint {
+                    path: path.with_extension("mpk"),
+                    msg: format!("cannot load the best validation epoch's weights: {e}"),
+                })?;
+            println!("seed {seed}: kept epoch {epoch}'s weights (best validation accuracy {accuracy:.2} %)");
+        }
+        Ok(model)
+    }
+}
+
+/// The epoch with the highest validation accuracy so far, as the
+/// Multi-Modal Adapter's reference picks it (`acc1 > best_acc1`: the first
+/// of equal epochs), read from Burn's metric store by [`EarlyStop`] after
+/// each validation pass. As a checkpointing strategy it keeps the last two
+/// epochs and the best one; the trainer loads the best at the end.
+///
+/// Burn runs the checkpointing strategy right after the validation pass,
+/// before its metric store has always taken in that pass's numbers (its own
+/// `MetricCheckpointingStrategy` can miss them), so every epoch is saved
+/// and an epoch is deleted only once the early stopper has scored it.
+#[derive(Clone, Default)]
+struct BestValidation {
+    state: Arc<std::sync::Mutex<BestState>>,
+}
+
+#[derive(Default)]
+struct BestState {
+    best: Option<(usize, f64)>,
+    saved: Vec<usize>,
+}
+
+impl BestValidation {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BestState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Scores `epoch` (waiting up to 2 s for the store to take in its
+    /// validation pass).
+    fn update(&self, epoch: usize, store: &EventStoreClient) {
+        let name = AccuracyMetric::<Flex>::new().name();
+        let mut acc = None;
+        for _ in 0..200 {
+            acc = store.find_metric(&name, epoch, Aggregate::Mean, &Split::Valid);
+            if acc.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut state = self.lock();
+        if let Some(acc) = acc {
+            if state.best.is_none_or(|(_, b)| acc > b) {
+                state.best = Some((epoch, acc));
+            }
+        }
+    }
+
+    fn best(&self) -> Option<(usize, f64)> {
+        self.lock().best
+    }
+}
+
+impl CheckpointingStrategy for BestValidation {
+    fn checkpointing(&mut self, epoch: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        let mut state = self.lock();
+        let best = state.best.map(|(e, _)| e);
+        let mut actions = vec![CheckpointingAction::Save];
+        state.saved.push(epoch);
+        state.saved.retain(|&e| {
+            let keep = e + 1 >= epoch || Some(e) == best;
+            if !keep {
+                actions.push(CheckpointingAction::Delete(e));
+            }
+            keep
+        });
+        actions
+    }
+}
+
+/// Stops after `patience` epochs without a better validation accuracy
+/// (the reference's `epochs_since_improvement >= patience`).
+#[derive(Clone)]
+struct EarlyStop {
+    best: BestValidation,
+    patience: usize,
+}
+
+impl EarlyStoppingStrategy for EarlyStop {
+    fn should_stop(&mut self, epoch: usize, store: &EventStoreClient) -> bool {
+        self.best.update(epoch, store);
+        self.best
+            .best()
+            .is_some_and(|(best, _)| epoch - best >= self.patience)
     }
 }
 
