@@ -43,6 +43,8 @@ pub struct DemoConfig {
     pub zeroshot: TrainConfig,
     pub coop: TrainConfig,
     pub mmrl: TrainConfig,
+    #[serde(rename = "mm-adapter")]
+    pub mm_adapter: TrainConfig,
 }
 
 impl DemoConfig {
@@ -82,6 +84,8 @@ impl DemoConfig {
             coop: Self::coop(method("coop")),
             // MMRL's reference schedule (10 epochs, batch 4, AdamW 1e-3).
             mmrl: method("mmrl"),
+            // Its reference optimiser and early stopping on the common protocol.
+            mm_adapter: method("mm-adapter"),
             seeds,
         }
     }
@@ -234,6 +238,8 @@ pub struct DemoMethods {
     pub zeroshot: BaseNovel,
     pub coop: BaseNovel,
     pub mmrl: BaseNovel,
+    #[serde(rename = "mm-adapter")]
+    pub mm_adapter: BaseNovel,
 }
 
 /// Prepares `output` for the demo: a new or empty folder, or a previous
@@ -246,7 +252,7 @@ fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
                 path: output.into(),
             });
         }
-        for sub in ["world", "zeroshot", "coop", "mmrl"] {
+        for sub in ["world", "zeroshot", "coop", "mmrl", "mm-adapter"] {
             let p = output.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p).map_err(|e| mmrl_data::Error::io(&p, e))?;
@@ -272,7 +278,7 @@ pub fn run_demo<B: AutodiffBackend>(
 ) -> Result<DemoResults> {
     claim_output(output, cfg)?;
     let tokenizer = ClipTokenizer::bundled();
-    println!("[1/4] the small CLIP");
+    println!("[1/5] the small CLIP");
     let clip_dir = cached_clip::<B>(&cfg.pretrain, cache_root, &tokenizer, device)?;
     let loaded = load_clip::<B::InnerBackend>(&clip_dir, device)?;
     let side = loaded.config.vision_config.image_size;
@@ -290,12 +296,13 @@ pub fn run_demo<B: AutodiffBackend>(
         ("zeroshot", &cfg.zeroshot),
         ("coop", &cfg.coop),
         ("mmrl", &cfg.mmrl),
+        ("mm-adapter", &cfg.mm_adapter),
     ]
     .into_iter()
     .enumerate()
     {
         println!(
-            "[{}/4] {name}, base-to-novel, seeds {:?}",
+            "[{}/5] {name}, base-to-novel, seeds {:?}",
             i + 2,
             mcfg.seeds
         );
@@ -332,6 +339,7 @@ pub fn run_demo<B: AutodiffBackend>(
             zeroshot: means[0],
             coop: means[1],
             mmrl: means[2],
+            mm_adapter: means[3],
         },
     };
     split_file::write_json_atomic(
@@ -349,21 +357,22 @@ impl DemoResults {
             self.seeds
         );
         s.push_str(
-            "| method    |  base | novel |    HM |\n|-----------|------:|------:|------:|\n",
+            "| method     |  base | novel |    HM |\n|------------|------:|------:|------:|\n",
         );
         let m = &self.methods;
         for (name, r) in [
             ("zero-shot", m.zeroshot),
             ("CoOp", m.coop),
             ("MMRL", m.mmrl),
+            ("MM-Adapter", m.mm_adapter),
         ] {
             s.push_str(&format!(
-                "| {name:<9} | {:>5.1} | {:>5.1} | {:>5.1} |\n",
+                "| {name:<10} | {:>5.1} | {:>5.1} | {:>5.1} |\n",
                 r.base, r.novel, r.hm
             ));
         }
         s.push_str(&format!(
-            "| chance    | {:>5.1} | {:>5.1} |       |\n",
+            "| chance     | {:>5.1} | {:>5.1} |       |\n",
             self.chance.base, self.chance.novel
         ));
         s
