@@ -77,7 +77,9 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
     }
     assert!(out.join("mmrl/seed1/mmrl.safetensors").is_file());
     assert!(out.join("coop/seed3/coop.safetensors").is_file());
-    assert!(out.join("mm-adapter/seed2/mm-adapter.safetensors").is_file());
+    assert!(out
+        .join("mm-adapter/seed2/mm-adapter.safetensors")
+        .is_file());
 
     // The cached CLIP is a standard Hugging Face folder: `mmrl zeroshot`
     // loads it and names a novel class it was never adapted to.

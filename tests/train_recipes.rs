@@ -156,6 +156,7 @@ fn mm_adapter_recipes_use_the_references_optimiser_on_the_common_protocol() {
         assert_eq!(c["weight_decay"].as_float(), Some(1e-4));
         assert_eq!((int(&c, "epochs"), int(&c, "batch_size")), (100, 64));
         assert_eq!(int(&c, "patience"), 10);
+        assert_eq!(c["augment"].as_bool(), Some(false));
         assert_eq!(c["mm-adapter"]["variant"].as_str(), Some("master"));
     }
 }

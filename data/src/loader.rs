@@ -54,6 +54,15 @@ pub enum LoaderMode {
         /// Resize, crop and normalisation.
         config: PreprocessConfig,
     },
+    /// Training without augmentation (the Multi-Modal Adapter's reference):
+    /// shuffled each epoch and `drop_last` as `Train`, each image with CLIP's
+    /// test transform, so an image is the same in every epoch.
+    Fixed {
+        /// Resize, crop and normalisation.
+        config: PreprocessConfig,
+        /// Seed of the shuffling stream.
+        seed: u64,
+    },
 }
 
 impl LoaderMode {
@@ -61,7 +70,7 @@ impl LoaderMode {
     pub fn image_size(&self) -> usize {
         match self {
             LoaderMode::Train { transform, .. } => transform.size,
-            LoaderMode::Eval { config } => config.crop_size,
+            LoaderMode::Eval { config } | LoaderMode::Fixed { config, .. } => config.crop_size,
         }
     }
 }
@@ -235,7 +244,7 @@ impl<B: Backend> ImageLoader<B> {
     pub fn batch_indices(&self, epoch: u64) -> Vec<Vec<usize>> {
         let bs = self.batch_size;
         match &*self.mode {
-            LoaderMode::Train { seed, .. } => {
+            LoaderMode::Train { seed, .. } | LoaderMode::Fixed { seed, .. } => {
                 let mut order: Vec<usize> = (self.start..self.start + self.len).collect();
                 shuffle(&mut order, &mut order_rng(*seed, epoch));
                 if self.len >= bs {
@@ -296,7 +305,9 @@ impl<B: Backend> DataLoader<B, ImageBatch<B>> for ImageLoader<B> {
     /// One epoch; in train mode each call advances the epoch counter.
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ImageBatch<B>> + 'a> {
         let epoch = match &*self.mode {
-            LoaderMode::Train { .. } => self.epoch.fetch_add(1, Ordering::SeqCst),
+            LoaderMode::Train { .. } | LoaderMode::Fixed { .. } => {
+                self.epoch.fetch_add(1, Ordering::SeqCst)
+            }
             LoaderMode::Eval { .. } => 0,
         };
         Box::new(self.iter_epoch(epoch))
@@ -305,7 +316,7 @@ impl<B: Backend> DataLoader<B, ImageBatch<B>> for ImageLoader<B> {
     /// Items per epoch, after `drop_last`.
     fn num_items(&self) -> usize {
         match &*self.mode {
-            LoaderMode::Train { .. } if self.len >= self.batch_size => {
+            LoaderMode::Train { .. } | LoaderMode::Fixed { .. } if self.len >= self.batch_size => {
                 self.len / self.batch_size * self.batch_size
             }
             _ => self.len,
@@ -484,7 +495,7 @@ fn prepare_item(job: &Job, i: usize) -> Result<Vec<f32>> {
             let mut rng = sample_rng(*seed, job.epoch, i as u64);
             Ok(transform.apply(&img, &mut rng))
         }
-        LoaderMode::Eval { config } => {
+        LoaderMode::Eval { config } | LoaderMode::Fixed { config, .. } => {
             let crop = cached(&|| Ok(resize_and_crop(&load_nonempty(path)?, config)))?;
             Ok(normalize_chw(&crop, config))
         }
@@ -708,6 +719,52 @@ mod tests {
             assert_eq!(labels, &want);
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Without augmentation: shuffled and `drop_last` as in training, and
+    /// each image exactly the evaluation loader's.
+    #[test]
+    fn fixed_mode_shuffles_but_never_augments() {
+        let dir = temp_dir("fixed");
+        let samples = write_images(&dir, 8);
+        let config = PreprocessConfig::for_image_size(32);
+        let fixed = ImageLoader::<B>::new(
+            samples.clone(),
+            LoaderMode::Fixed {
+                config: config.clone(),
+                seed: 1,
+            },
+            3,
+            2,
+            Default::default(),
+        );
+        let train = ImageLoader::<B>::new(samples.clone(), train(), 3, 2, Default::default());
+        let by_index = |e: &Plain| -> BTreeMap<usize, Vec<f32>> {
+            e.iter()
+                .flat_map(|(px, _, idx)| {
+                    let n = px.len() / idx.len();
+                    idx.iter()
+                        .enumerate()
+                        .map(move |(k, &i)| (i, px[k * n..(k + 1) * n].to_vec()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let (e0, e1) = (epoch(&fixed), epoch(&fixed));
+        assert_eq!(indices(&e0), indices(&epoch(&train)), "the training order");
+        assert_ne!(indices(&e0), indices(&e1), "each epoch reshuffles");
+        assert_eq!(e0.len(), 2, "drop_last");
+        let eval = ImageLoader::<B>::new(
+            samples,
+            LoaderMode::Eval { config },
+            8,
+            1,
+            Default::default(),
+        );
+        let want = by_index(&epoch(&eval));
+        for (i, px) in by_index(&e0).into_iter().chain(by_index(&e1)) {
+            assert_eq!(px, want[&i], "image {i}");
+        }
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub struct TrainConfig {
     /// `WARMUP_EPOCH`, constant warm-up, recounted).
     pub warmup_epochs: usize,
     pub warmup_lr: f64,
+    /// Augment training images (Dassl's RandomResizedCrop and flip); false:
+    /// CLIP's test transform, the same image every epoch, so methods cache
+    /// their frozen per-image work (the Multi-Modal Adapter's reference).
+    pub augment: bool,
     /// RandomResizedCrop's scale range.
     pub crop_scale: (f64, f64),
     /// Score the validation split every N epochs during training; 0 (the
@@ -148,6 +152,7 @@ impl Default for TrainConfig {
             lr_scheduler: LrScheduler::Cosine,
             warmup_epochs: 1,
             warmup_lr: 1e-5,
+            augment: true,
             crop_scale: (0.5, 1.0),
             val_every: 0,
             patience: 0,

@@ -106,7 +106,7 @@ impl Fit<'_> {
         M::InnerModule: MethodLoss<B::InnerBackend>,
     {
         let cfg = self.cfg;
-        let trainee = Trainee::<B, M>::new(model);
+        let trainee = Trainee::<B, M>::new(model).fixed_images(!cfg.augment);
         let trained = match cfg.optimizer {
             // Dassl's AdamW: PyTorch's betas, the config's eps and decoupled decay.
             OptimizerKind::Adamw => {
@@ -170,12 +170,19 @@ impl Fit<'_> {
         }
         let train_loader = ImageLoader::<B>::new(
             samples(&self.data.train),
-            LoaderMode::Train {
-                transform: TrainTransform {
-                    scale: cfg.crop_scale,
-                    ..TrainTransform::mmrl(self.pre.crop_size)
-                },
-                seed,
+            if cfg.augment {
+                LoaderMode::Train {
+                    transform: TrainTransform {
+                        scale: cfg.crop_scale,
+                        ..TrainTransform::mmrl(self.pre.crop_size)
+                    },
+                    seed,
+                }
+            } else {
+                LoaderMode::Fixed {
+                    config: self.pre.clone(),
+                    seed,
+                }
             },
             cfg.batch_size,
             cfg.workers,

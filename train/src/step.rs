@@ -30,6 +30,10 @@ use crate::loss::{cross_entropy, MethodLoss};
 pub struct Trainee<B: Backend, M: Module<B>> {
     /// The method.
     pub model: M,
+    /// Training images are the same every epoch (no augmentation): the
+    /// step calls [`Method::forward_fixed`](mmrl_model::methods::Method::forward_fixed)
+    /// with each image's position, so the method may cache frozen work.
+    pub fixed: bool,
     _backend: PhantomData<B>,
 }
 
@@ -38,8 +42,14 @@ impl<B: Backend, M: Module<B>> Trainee<B, M> {
     pub fn new(model: M) -> Self {
         Trainee {
             model,
+            fixed: false,
             _backend: PhantomData,
         }
+    }
+
+    /// Declares the training images fixed (no augmentation).
+    pub fn fixed_images(self, fixed: bool) -> Self {
+        Trainee { fixed, ..self }
     }
 }
 
@@ -53,7 +63,11 @@ where
     type Output = StepOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
-        let output = self.model.forward(batch.images);
+        let output = if self.fixed {
+            self.model.forward_fixed(batch.images, &batch.indices)
+        } else {
+            self.model.forward(batch.images)
+        };
         let loss = self.model.loss(output, batch.labels.clone());
         let grads = loss.total.backward();
         let terms = (!loss.terms.is_empty()).then(|| Tensor::cat(loss.terms, 0).detach());

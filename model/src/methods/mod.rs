@@ -183,6 +183,22 @@ pub trait Method<B: Backend>: Module<B> + ModuleDisplay + 'static {
     where
         B: AutodiffBackend;
 
+    /// The training forward when the training images are the same in every
+    /// epoch (training without augmentation), each named by its position in
+    /// the training set (`ids`): a method may cache frozen per-image work
+    /// across epochs (the Multi-Modal Adapter caches CLIP's image features,
+    /// so CLIP sees each image once). The default is [`Method::forward`].
+    ///
+    /// # Shapes
+    /// - `images`: `[batch, 3, size, size]`, `ids`: `batch` positions
+    fn forward_fixed(&self, images: Tensor<B, 4>, ids: &[usize]) -> Self::Output
+    where
+        B: AutodiffBackend,
+    {
+        let _ = ids;
+        self.forward(images)
+    }
+
     /// The current class set's text side, for [`Method::predict`].
     fn text(&self) -> Self::Text;
 
