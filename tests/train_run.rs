@@ -626,6 +626,79 @@ fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
     assert_eq!(j["results"][0]["logits"].as_array().unwrap().len(), 4);
 }
 
+/// Two runs on one output folder: while the first runs, the second refuses,
+/// naming the first's process; once it is gone (killed: its lock stays
+/// behind), a run takes the folder over.
+#[test]
+fn a_second_run_on_a_held_folder_refuses() {
+    let tmp = TempDir::new("train-lock");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let clip = clip_fixture("tiny_hf");
+    let args = |out: &Path, epochs: &str| -> Vec<String> {
+        [
+            "train",
+            "--method",
+            "mm-adapter",
+            "--dataset",
+            "folder",
+            "--root",
+            root.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--shots",
+            "4",
+            "--seeds",
+            "1",
+            "--epochs",
+            epochs,
+            "--batch-size",
+            "4",
+            "--set",
+            "patience=0",
+            "--output",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let out = tmp.path().join("run");
+    let long = args(&out, "100000");
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let mut first = common::mmrl_command(&long)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = out.join("mmrl.lock");
+    let start = std::time::Instant::now();
+    while !lock.exists() && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(lock.exists(), "the first run holds the folder");
+    let second = args(&out, "1");
+    let second: Vec<&str> = second.iter().map(String::as_str).collect();
+    let o = mmrl(&second);
+    assert_clean_failure(&o, &[&format!("process {}", first.id()), "mmrl.lock"]);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(lock.exists(), "a killed run leaves its lock");
+    // That lock, in a fresh folder: its process is gone, so it is taken over.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(&lock, other.join("mmrl.lock")).unwrap();
+    let third = args(&other, "1");
+    let third: Vec<&str> = third.iter().map(String::as_str).collect();
+    let o = mmrl(&third);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(stdout.contains("taking over the lock"), "{stdout}");
+    assert!(!other.join("mmrl.lock").exists(), "the lock is released");
+}
+
 #[test]
 fn cross_dataset_scores_each_target_with_its_own_classes() {
     let tmp = TempDir::new("train-cross");

@@ -125,10 +125,17 @@ pub fn expected_json() -> serde_json::Value {
 
 /// Runs the `mmrl` binary (`MMRL_BIN` overrides the one cargo built).
 pub fn mmrl(args: &[&str]) -> Output {
+    mmrl_command(args).output().expect("mmrl runs")
+}
+
+/// The `mmrl` binary with `args`, not started.
+pub fn mmrl_command(args: &[&str]) -> Command {
     let bin = std::env::var_os("MMRL_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_mmrl")));
-    Command::new(bin).args(args).output().expect("mmrl runs")
+    let mut c = Command::new(bin);
+    c.args(args);
+    c
 }
 
 /// Asserts a failed run: exit code 2, no panic, stderr mentioning every `needle`.

@@ -74,6 +74,14 @@ pub enum Error {
         path: std::path::PathBuf,
         msg: String,
     },
+    #[error(
+        "{holder} is running in this output folder ({path}); wait for it to finish or choose \
+         another --output (if no such run exists, delete {path})"
+    )]
+    RunLocked {
+        path: std::path::PathBuf,
+        holder: String,
+    },
     #[error("{path}: {msg}; run the seed again without --resume")]
     LearnerCheckpoint {
         path: std::path::PathBuf,

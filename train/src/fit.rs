@@ -212,8 +212,6 @@ impl Fit<'_> {
             constant: cfg.lr_scheduler == LrScheduler::Constant,
         };
         let mut train_arc: Arc<dyn DataLoader<B, ImageBatch<B>>> = Arc::new(train_loader.clone());
-        // The reference never validates (`TEST.FINAL_MODEL last_step`):
-        // the validation pass runs only every `val_every` epochs.
         if cfg.patience > 0 && self.data.val.is_empty() {
             return Err(Error::BadSetting {
                 key: "patience",
@@ -223,6 +221,9 @@ impl Fit<'_> {
                 ),
             });
         }
+        // Dassl's references never validate (`TEST.FINAL_MODEL last_step`):
+        // the validation pass runs only every `val_every` epochs, or after
+        // every epoch under early stopping.
         let valid_arc: Arc<dyn DataLoader<B::InnerBackend, ImageBatch<B::InnerBackend>>> =
             Arc::new(EveryNth {
                 inner: Arc::new(valid_loader.clone()),
@@ -243,7 +244,8 @@ impl Fit<'_> {
             .metrics((AccuracyMetric::new(), LossMetric::new()))
             .metric_train_numeric(LearningRateMetric::new())
             // Full precision, so that a resumed run continues bit for bit;
-            // the last two epochs are kept (there is no "best" without validation).
+            // the last two epochs are kept, and the best validation epoch
+            // under early stopping.
             .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
             .num_epochs(cfg.epochs)
             .with_application_logger(None);

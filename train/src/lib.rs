@@ -6,6 +6,7 @@
 //! - [`config`]: run settings, recipes, `--set`.
 //! - [`protocol`]: what a protocol trains on and scores.
 //! - [`fit`]: one seed on Burn's Learner.
+//! - [`lock`]: one run per output folder.
 //! - [`run`]: a run over seeds; [`results`]: its tables; [`checkpoint`]:
 //!   self-describing checkpoints; [`eval`]: accuracy over a loader.
 
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod error;
 pub mod eval;
 pub mod fit;
+pub mod lock;
 pub mod loss;
 pub mod mmrl_loss;
 pub mod pretrain;

@@ -54,7 +54,7 @@ pub fn run<B: AutodiffBackend>(
 ) -> Result<RunReport> {
     registry::check(&cfg.method)?;
     cfg.validate()?;
-    std::fs::create_dir_all(&paths.output).map_err(|e| mmrl_data::Error::io(&paths.output, e))?;
+    let _lock = crate::lock::RunLock::acquire(&paths.output)?;
     let config_file = paths.output.join("config.toml");
     if paths.resume && config_file.is_file() {
         let before = std::fs::read_to_string(&config_file)
