@@ -287,7 +287,7 @@ impl Fit<'_> {
                 .load_file(
                     &path,
                     &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
-                    &device.clone().into(),
+                    device,
                 )
                 .map_err(|e| Error::LearnerCheckpoint {
                     path: path.with_extension("mpk"),

@@ -120,7 +120,7 @@ impl MmAdapterConfig {
             key,
             msg,
         };
-        if self.heads == 0 || self.width == 0 || self.width % self.heads != 0 {
+        if self.heads == 0 || self.width == 0 || !self.width.is_multiple_of(self.heads) {
             return Err(bad(
                 "heads",
                 format!(
