@@ -4,6 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = mmrl::cli::Cli::parse();
+    mmrl::train::signals::install();
     match mmrl::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -699,6 +699,88 @@ fn a_second_run_on_a_held_folder_refuses() {
     assert!(!other.join("mmrl.lock").exists(), "the lock is released");
 }
 
+/// Ctrl-C mid-run (SIGINT): the run stops at the next batch with a message
+/// naming `--resume`; resuming finishes with the uninterrupted run's numbers.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_cleanly_and_resume_gives_the_uninterrupted_numbers() {
+    let tmp = TempDir::new("train-sigint");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let clip = clip_fixture("tiny_hf");
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--method",
+            "mm-adapter",
+            "--dataset",
+            "folder",
+            "--root",
+            root.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--shots",
+            "4",
+            "--seeds",
+            "1",
+            "--epochs",
+            "100",
+            "--batch-size",
+            "4",
+            "--set",
+            "patience=0",
+            "--set",
+            "augment=true",
+            "--set",
+            "workers=1",
+            "--output",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let whole = tmp.path().join("whole");
+    let a = args(&whole);
+    let o = mmrl(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = tmp.path().join("cut");
+    let a = args(&out);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let child = common::mmrl_command(&a)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ckpt = out.join("seed1/train/checkpoint/model-3.mpk");
+    let start = std::time::Instant::now();
+    while !ckpt.exists() && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(ckpt.exists(), "training reached epoch 3");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("stopping at the next batch") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert!(!out.join("results.json").exists(), "the run did not finish");
+    let mut resume = a.clone();
+    resume.push("--resume");
+    let o = mmrl(&resume);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |dir: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+    };
+    assert_eq!(read(&out)["seeds"], read(&whole)["seeds"]);
+}
+
 #[test]
 fn cross_dataset_scores_each_target_with_its_own_classes() {
     let tmp = TempDir::new("train-cross");

@@ -231,6 +231,7 @@ impl Fit<'_> {
                 epoch: Arc::new(AtomicUsize::new(resume_from.unwrap_or(0))),
             });
         let interrupter = burn::train::Interrupter::new();
+        let _watch = SignalWatch::start(interrupter.clone());
         if let Some(n) = self.interrupt_after_epoch {
             let remaining = n.saturating_sub(resume_from.unwrap_or(0));
             train_arc = Arc::new(StopAfter {
@@ -381,6 +382,35 @@ impl EarlyStoppingStrategy for EarlyStop {
         self.best
             .best()
             .is_some_and(|(best, _)| epoch - best >= self.patience)
+    }
+}
+
+/// Turns a SIGINT/SIGTERM ([`crate::signals`]) into a stop of Burn's
+/// Learner at the next batch, while a seed trains.
+struct SignalWatch {
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SignalWatch {
+    fn start(interrupter: burn::train::Interrupter) -> SignalWatch {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                if crate::signals::requested() {
+                    interrupter.stop(Some("stopped by a signal"));
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        SignalWatch { done }
+    }
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
     }
 }
 

@@ -26,6 +26,7 @@ pub mod renderer;
 pub mod results;
 pub mod run;
 pub mod schedule;
+pub mod signals;
 pub mod step;
 pub mod zeroshot;
 
