@@ -473,20 +473,11 @@ fn coop_and_zero_shot_run_through_the_same_trainer_and_reports() {
     assert_clean_failure(&o, &["cut.safetensors"]);
 }
 
-/// The Multi-Modal Adapter through the same trainer with its recipe's
-/// optimiser (Adam, constant rate) and early stopping: the loss falls, the
-/// run stops `patience` epochs after its best validation epoch and keeps
-/// that epoch's weights, the checkpoint holds the adapter under the
-/// reference's names, `mmrl eval` reproduces the run's numbers and `mmrl
-/// predict` scores with it.
-#[test]
-fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
-    let tmp = TempDir::new("train-mma");
-    let root = tmp.path().join("data");
-    make_dataset(&root);
+/// `mmrl train --method mm-adapter` on the generated folder dataset, one
+/// seed, 4 shots, batch 4, into `out`, with `extra` flags after these.
+fn mm_adapter_args(root: &Path, out: &Path, epochs: &str, extra: &[&str]) -> Vec<String> {
     let clip = clip_fixture("tiny_hf");
-    let out = tmp.path().join("run");
-    let o = mmrl(&[
+    let mut args: Vec<String> = [
         "train",
         "--method",
         "mm-adapter",
@@ -501,16 +492,43 @@ fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
         "--seeds",
         "1",
         "--epochs",
-        "12",
+        epochs,
         "--batch-size",
         "4",
         "--set",
         "workers=1",
-        "--set",
-        "patience=2",
         "--output",
         out.to_str().unwrap(),
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The Multi-Modal Adapter through the same trainer with its recipe's
+/// optimiser (Adam, constant rate) and early stopping: the loss falls, the
+/// run stops `patience` epochs after its best validation epoch and keeps
+/// that epoch's weights, the checkpoint holds the adapter under the
+/// reference's names, `mmrl eval` reproduces the run's numbers and `mmrl
+/// predict` scores with it.
+#[test]
+fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
+    let tmp = TempDir::new("train-mma");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let clip = clip_fixture("tiny_hf");
+    let out = tmp.path().join("run");
+    let o = mmrl(&strs(&mm_adapter_args(
+        &root,
+        &out,
+        "12",
+        &["--set", "patience=2"],
+    )));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
         o.status.success(),
@@ -535,31 +553,12 @@ fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
     assert_eq!(iteration_losses(&out).len(), ran * 3);
     // Without early stopping, over 6 epochs, the loss falls.
     let long = tmp.path().join("long");
-    let o = mmrl(&[
-        "train",
-        "--method",
-        "mm-adapter",
-        "--dataset",
-        "folder",
-        "--root",
-        root.to_str().unwrap(),
-        "--clip",
-        clip.to_str().unwrap(),
-        "--shots",
-        "4",
-        "--seeds",
-        "1",
-        "--epochs",
+    let o = mmrl(&strs(&mm_adapter_args(
+        &root,
+        &long,
         "6",
-        "--batch-size",
-        "4",
-        "--set",
-        "workers=1",
-        "--set",
-        "patience=0",
-        "--output",
-        long.to_str().unwrap(),
-    ]);
+        &["--set", "patience=0"],
+    )));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let losses = iteration_losses(&long);
     assert_eq!(losses.len(), 6 * 3, "{losses:?}");
@@ -634,34 +633,8 @@ fn a_second_run_on_a_held_folder_refuses() {
     let tmp = TempDir::new("train-lock");
     let root = tmp.path().join("data");
     make_dataset(&root);
-    let clip = clip_fixture("tiny_hf");
-    let args = |out: &Path, epochs: &str| -> Vec<String> {
-        [
-            "train",
-            "--method",
-            "mm-adapter",
-            "--dataset",
-            "folder",
-            "--root",
-            root.to_str().unwrap(),
-            "--clip",
-            clip.to_str().unwrap(),
-            "--shots",
-            "4",
-            "--seeds",
-            "1",
-            "--epochs",
-            epochs,
-            "--batch-size",
-            "4",
-            "--set",
-            "patience=0",
-            "--output",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let args =
+        |out: &Path, epochs: &str| mm_adapter_args(&root, out, epochs, &["--set", "patience=0"]);
     let out = tmp.path().join("run");
     let long = args(&out, "100000");
     let long: Vec<&str> = long.iter().map(String::as_str).collect();
@@ -707,37 +680,13 @@ fn ctrl_c_stops_cleanly_and_resume_gives_the_uninterrupted_numbers() {
     let tmp = TempDir::new("train-sigint");
     let root = tmp.path().join("data");
     make_dataset(&root);
-    let clip = clip_fixture("tiny_hf");
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--method",
-            "mm-adapter",
-            "--dataset",
-            "folder",
-            "--root",
-            root.to_str().unwrap(),
-            "--clip",
-            clip.to_str().unwrap(),
-            "--shots",
-            "4",
-            "--seeds",
-            "1",
-            "--epochs",
+    let args = |out: &Path| {
+        mm_adapter_args(
+            &root,
+            out,
             "100",
-            "--batch-size",
-            "4",
-            "--set",
-            "patience=0",
-            "--set",
-            "augment=true",
-            "--set",
-            "workers=1",
-            "--output",
-            out.to_str().unwrap(),
-        ]
-        .map(String::from)
-        .to_vec()
+            &["--set", "patience=0", "--set", "augment=true"],
+        )
     };
     let whole = tmp.path().join("whole");
     let a = args(&whole);

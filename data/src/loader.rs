@@ -2,7 +2,7 @@
 //! threads decode and transform whole batches ahead of the consumer, and the
 //! batches still come out in a fixed order.
 //!
-//! Two modes, as Dassl builds its loaders (data protocols spec §6):
+//! Three modes, the first two as Dassl builds its loaders:
 //! - [`LoaderMode::Train`]: each [`DataLoader::iter`] call is one epoch. The
 //!   order is a Fisher–Yates permutation drawn from [`order_rng`]`(seed, epoch)`,
 //!   `drop_last = len ≥ batch_size` (a set smaller than the batch gives one
@@ -12,6 +12,8 @@
 //!   uninterrupted one, whatever the number of workers.
 //! - [`LoaderMode::Eval`]: sequential, no drop; CLIP's test transform
 //!   ([`resize_and_crop`] + [`normalize_chw`]).
+//! - [`LoaderMode::Fixed`]: training without augmentation: the order and
+//!   batches of `Train`, the images of `Eval`.
 //!
 //! Tensors are built on the consumer's thread, on the loader's device.
 

@@ -2,13 +2,78 @@
 //! Dassl checkpoint (or of a plain state dict / safetensors file), and writing
 //! f32 tensors as safetensors atomically.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use burn_store::TensorSnapshot;
+use burn::module::{Module, ParamId};
+use burn::prelude::*;
+use burn_store::{ModuleSnapshot, TensorSnapshot};
 
-use crate::clip::loader::read_tensors;
+use crate::clip::loader::{convert, read_tensors, Op};
 use crate::error::{Error, Result};
+
+/// Fills every trained parameter of `model` (what its visitors see; frozen
+/// parts are hidden) from a checkpoint's `tensors`: `source` gives each
+/// parameter's reference name and layout; each must be present with the
+/// parameter's shape, and none of `tensors` may be left unused (`unused_hint`
+/// is appended to that error). `what` names the method in messages.
+pub fn apply_reference_tensors<B: Backend, M: Module<B>>(
+    mut model: M,
+    path: &Path,
+    tensors: &BTreeMap<String, TensorSnapshot>,
+    source: impl Fn(&str) -> Option<(String, Op)>,
+    unused_hint: &str,
+    what: &str,
+) -> Result<M> {
+    let mut used = BTreeSet::new();
+    let mut snapshots = Vec::new();
+    for param in model.collect(None, None, false) {
+        let name = param.full_path();
+        let expected = param.shape.to_vec();
+        let (key, op) = source(&name).ok_or_else(|| Error::UnknownLayout {
+            path: path.into(),
+            msg: format!("no source known for `{name}`"),
+        })?;
+        let snap = tensors.get(&key).ok_or_else(|| Error::MissingTensor {
+            path: path.into(),
+            key: key.clone(),
+            param: name.clone(),
+            hint: String::new(),
+        })?;
+        used.insert(key.clone());
+        let (values, shape) = convert(path, &key, snap, &op)?;
+        if shape != expected {
+            return Err(Error::ShapeMismatch {
+                path: path.into(),
+                key,
+                param: name,
+                expected,
+                found: snap.shape.to_vec(),
+            });
+        }
+        snapshots.push(TensorSnapshot::from_data(
+            TensorData::new(values, shape),
+            name.split('.').map(String::from).collect(),
+            Vec::new(),
+            ParamId::new(),
+        ));
+    }
+    let unused: Vec<&String> = tensors.keys().filter(|k| !used.contains(*k)).collect();
+    if !unused.is_empty() {
+        return Err(Error::UnexpectedTensors {
+            path: path.into(),
+            keys: format!("{unused:?}{unused_hint}"),
+        });
+    }
+    let result = model.apply(snapshots, None, None, false);
+    if !result.errors.is_empty() {
+        return Err(Error::WeightsFormat {
+            path: path.into(),
+            msg: format!("applying the {what} weights failed: {:?}", result.errors),
+        });
+    }
+    Ok(model)
+}
 
 /// The model tensors of a checkpoint, by name. Dassl's `model.pth.tar-N` is a
 /// `torch.save`d dict with the model under `state_dict`, next to the optimizer

@@ -54,6 +54,9 @@ use crate::methods::{
 };
 use crate::{Error, Frozen, Result};
 
+/// The method's name on the command line, in configs and in checkpoints.
+pub const NAME: &str = "mm-adapter";
+
 /// The largest `logit_scale` the reference lets CLIP keep (its clamp,
 /// `pipelines/train.py`).
 pub const LOGIT_SCALE_MAX: f64 = 4.6052;
@@ -116,7 +119,7 @@ impl MmAdapterConfig {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         let bad = |key, msg: String| Error::MethodConfig {
-            method: MmAdapter::<burn::backend::Flex>::NAME_STR,
+            method: NAME,
             key,
             msg,
         };
@@ -392,9 +395,6 @@ impl ImageCache {
 }
 
 impl<B: Backend> MmAdapter<B> {
-    /// The method's name (also [`Method::NAME`]).
-    pub const NAME_STR: &'static str = "mm-adapter";
-
     /// A fresh adapter around `clip`, which it freezes.
     pub fn new(config: &MmAdapterConfig, clip: Clip<B>, device: &B::Device) -> Result<Self> {
         config.validate()?;
@@ -468,7 +468,7 @@ impl<B: Backend> MmAdapter<B> {
 }
 
 impl<B: Backend> Method<B> for MmAdapter<B> {
-    const NAME: &'static str = Self::NAME_STR;
+    const NAME: &'static str = NAME;
     const SUMMARY: &'static str =
         "Multi-Modal Adapter (arXiv 2409.02958): masked attention over CLIP's final image and class features";
     type Config = MmAdapterConfig;

@@ -15,17 +15,16 @@
 //! Everything outside `adapter.` (CLIP's tensors, `logit_scale`) is ignored:
 //! CLIP comes from the user's CLIP weights.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::ParamId;
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, TensorSnapshot};
 
-use super::checkpoint::read_state_dict;
+use super::checkpoint::{apply_reference_tensors, read_state_dict};
 use super::mm_adapter::{MmAdapter, MmAdapterConfig, Variant};
 use super::NamedTensor;
-use crate::clip::loader::{convert, transpose, Op};
+use crate::clip::loader::{transpose, Op};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 
@@ -114,58 +113,14 @@ pub fn load_mm_adapter<B: Backend>(
         bottleneck,
         ..config.clone()
     };
-    let mut model = MmAdapter::new(&config, clip, device)?;
-    let mut used = BTreeSet::new();
-    let mut snapshots = Vec::new();
-    for param in model.collect(None, None, false) {
-        let name = param.full_path();
-        let expected = param.shape.to_vec();
-        let (key, op) = reference_key(&name, variant).ok_or_else(|| Error::UnknownLayout {
-            path: path.into(),
-            msg: format!("no source known for `{name}`"),
-        })?;
-        let snap = tensors.get(&key).ok_or_else(|| Error::MissingTensor {
-            path: path.into(),
-            key: key.clone(),
-            param: name.clone(),
-            hint: String::new(),
-        })?;
-        used.insert(key.clone());
-        let (values, shape) = convert(path, &key, snap, &op)?;
-        if shape != expected {
-            return Err(Error::ShapeMismatch {
-                path: path.into(),
-                key,
-                param: name,
-                expected,
-                found: snap.shape.to_vec(),
-            });
-        }
-        snapshots.push(TensorSnapshot::from_data(
-            TensorData::new(values, shape),
-            name.split('.').map(String::from).collect(),
-            Vec::new(),
-            ParamId::new(),
-        ));
-    }
-    let unused: Vec<&String> = tensors.keys().filter(|k| !used.contains(*k)).collect();
-    if !unused.is_empty() {
-        return Err(Error::UnexpectedTensors {
-            path: path.into(),
-            keys: format!(
-                "{unused:?} (only the reference's block_type=\"mha\" adapter with Linear \
-                 samplers is supported)"
-            ),
-        });
-    }
-    let result = model.apply(snapshots, None, None, false);
-    if !result.errors.is_empty() {
-        return Err(Error::WeightsFormat {
-            path: path.into(),
-            msg: format!("applying the adapter's weights failed: {:?}", result.errors),
-        });
-    }
-    Ok(model)
+    apply_reference_tensors(
+        MmAdapter::new(&config, clip, device)?,
+        path,
+        &tensors,
+        |name| reference_key(name, variant),
+        " (only the reference's block_type=\"mha\" adapter with Linear samplers is supported)",
+        "Multi-Modal Adapter",
+    )
 }
 
 /// The adapter's tensors under the reference names, in PyTorch layout.

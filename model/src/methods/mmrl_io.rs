@@ -18,13 +18,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::ParamId;
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, TensorSnapshot};
+use burn_store::TensorSnapshot;
 
-use super::checkpoint::{read_state_dict, save_f32_safetensors};
+use super::checkpoint::{apply_reference_tensors, read_state_dict, save_f32_safetensors};
 use super::mmrl::{Mmrl, MmrlConfig};
-use crate::clip::loader::{convert, transpose, Op};
+use crate::clip::loader::{transpose, Op};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 
@@ -159,59 +158,14 @@ pub fn load_mmrl<B: Backend>(
         });
     }
     config.validate(depth, depth)?;
-    let mut model = config.init(clip, device);
-    let mut used = std::collections::BTreeSet::new();
-    let mut snapshots = Vec::new();
-    let trainable = model.collect(None, None, false).into_iter().filter(|s| {
-        let p = s.full_path();
-        p == "proj_rep" || p.starts_with(PREFIX)
-    });
-    for param in trainable {
-        let name = param.full_path();
-        let expected = param.shape.to_vec();
-        let (key, op) = reference_source(&name).ok_or_else(|| Error::UnknownLayout {
-            path: path.into(),
-            msg: format!("no source known for `{name}`"),
-        })?;
-        let snap = ckpt.tensors.get(&key).ok_or_else(|| Error::MissingTensor {
-            path: path.into(),
-            key: key.clone(),
-            param: name.clone(),
-            hint: String::new(),
-        })?;
-        used.insert(key.clone());
-        let (values, shape) = convert(path, &key, snap, &op)?;
-        if shape != expected {
-            return Err(Error::ShapeMismatch {
-                path: path.into(),
-                key,
-                param: name,
-                expected,
-                found: snap.shape.to_vec(),
-            });
-        }
-        snapshots.push(TensorSnapshot::from_data(
-            TensorData::new(values, shape),
-            name.split('.').map(String::from).collect(),
-            Vec::new(),
-            ParamId::new(),
-        ));
-    }
-    let unused: Vec<&String> = ckpt.tensors.keys().filter(|k| !used.contains(*k)).collect();
-    if !unused.is_empty() {
-        return Err(Error::UnexpectedTensors {
-            path: path.into(),
-            keys: format!("{unused:?}"),
-        });
-    }
-    let result = model.apply(snapshots, None, None, false);
-    if !result.errors.is_empty() {
-        return Err(Error::WeightsFormat {
-            path: path.into(),
-            msg: format!("applying the MMRL weights failed: {:?}", result.errors),
-        });
-    }
-    Ok(model)
+    apply_reference_tensors(
+        config.init(clip, device),
+        path,
+        &ckpt.tensors,
+        reference_source,
+        "",
+        "MMRL",
+    )
 }
 
 /// The trainable tensors under the reference names, in PyTorch layout.
