@@ -4,7 +4,6 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = mmrl::cli::Cli::parse();
-    mmrl::train::signals::install();
     match mmrl::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

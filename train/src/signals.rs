@@ -2,7 +2,7 @@
 //! run to stop at the next batch (training ends there, the last completed
 //! epoch's checkpoint is what `--resume` continues from, and the run exits
 //! with a message saying so); a second one stops the process at once.
-//! Installed by the `mmrl` binary; the trainer polls [`requested`].
+//! Installed by `mmrl train` and `mmrl demo`; the trainer polls [`requested`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
