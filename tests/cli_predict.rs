@@ -6,25 +6,11 @@ mod common;
 
 use common::*;
 
-fn images() -> Vec<String> {
-    [
-        "gray.png",
-        "rgb.jpg",
-        "rgb16.png",
-        "rgba.png",
-        "small.png",
-        "wide.jpg",
-    ]
-    .iter()
-    .map(|n| clip_fixture(&format!("images/{n}")).display().to_string())
-    .collect()
-}
-
 fn predict(extra: &[&str]) -> serde_json::Value {
     let clip = mmrl_fixture("tiny_clip.safetensors").display().to_string();
     let ckpt = mmrl_fixture("model.pth.tar-5").display().to_string();
     let tok = clip_fixture("tiny_hf/tokenizer.json").display().to_string();
-    let imgs = images();
+    let imgs = clip_image_paths();
     let mut args = vec![
         "predict",
         "--method",
@@ -101,7 +87,7 @@ fn novel_classes_use_class_logits_only() {
 fn wrong_checkpoint_is_refused_cleanly() {
     let clip = mmrl_fixture("tiny_clip.safetensors").display().to_string();
     let tok = clip_fixture("tiny_hf/tokenizer.json").display().to_string();
-    let img = images()[1].clone();
+    let img = clip_image_paths()[1].clone();
     let out = mmrl(&[
         "predict",
         "--clip",

@@ -257,17 +257,7 @@ fn predict_on_a_reference_checkpoint_gives_its_logits() {
         .to_string();
     let tok = clip_fixture("tiny_hf/tokenizer.json").display().to_string();
     let classes = strings(&json()["classes"]).join(",");
-    let images: Vec<String> = [
-        "gray.png",
-        "rgb.jpg",
-        "rgb16.png",
-        "rgba.png",
-        "small.png",
-        "wide.jpg",
-    ]
-    .iter()
-    .map(|n| clip_fixture(&format!("images/{n}")).display().to_string())
-    .collect();
+    let images = clip_image_paths();
     for (name, _) in VARIANTS {
         let ckpt = fixture(&format!("{name}/model_best.pth.tar"))
             .display()

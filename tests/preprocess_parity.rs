@@ -8,14 +8,7 @@ use mmrl::data::preprocess::{
     load_rgb8, normalize_chw, resize_and_crop, CropRounding, PreprocessConfig,
 };
 
-const IMAGES: &[&str] = &[
-    "gray.png",
-    "rgb.jpg",
-    "rgb16.png",
-    "rgba.png",
-    "small.png",
-    "wide.jpg",
-];
+const IMAGES: &[&str] = &CLIP_IMAGES;
 
 fn stem(name: &str) -> &str {
     name.split('.').next().unwrap()

@@ -74,6 +74,25 @@ pub fn clip_fixture(rel: &str) -> PathBuf {
     repo().join("tests/fixtures/clip").join(rel)
 }
 
+/// The test images under `tests/fixtures/clip/images/`, in the order of
+/// the CLIP fixtures' rows (`pixel_values`).
+pub const CLIP_IMAGES: [&str; 6] = [
+    "gray.png",
+    "rgb.jpg",
+    "rgb16.png",
+    "rgba.png",
+    "small.png",
+    "wide.jpg",
+];
+
+/// [`CLIP_IMAGES`] as paths.
+pub fn clip_image_paths() -> Vec<String> {
+    CLIP_IMAGES
+        .iter()
+        .map(|n| clip_fixture(&format!("images/{n}")).display().to_string())
+        .collect()
+}
+
 /// `tests/fixtures/mmrl/<rel>`.
 pub fn mmrl_fixture(rel: &str) -> PathBuf {
     repo().join("tests/fixtures/mmrl").join(rel)

@@ -51,7 +51,6 @@ The output is deterministic (seeded; torch.save's random serialization_id is fix
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import platform
@@ -67,10 +66,10 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import CLIPTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmrl_reference as ref  # noqa: E402
+from gen_coop_fixtures import TinyTokenizer, sha256_file, write_json  # noqa: E402
 from gen_mmrl_fixtures import fix_torch_zip_serialization_id  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -81,7 +80,6 @@ REPO = Path(__file__).resolve().parents[2]
 CLIP_FIX = REPO / "tests" / "fixtures" / "clip"
 OUT = REPO / "tests" / "fixtures" / "mm_adapter"
 CLIP_FILE = CLIP_FIX / "tiny_openai.safetensors"
-CONTEXT_LENGTH = 77
 # Verbatim into the template, as the reference does (its labels are torchvision's
 # names); CoOp-style names with "_" are read with spaces by both sides.
 CLASSES = ["cat", "dog", "red car", "airplane", "café"]
@@ -89,26 +87,6 @@ TEMPLATE = "a photo of a {}."
 LABELS = [2, 0, 4, 1, 3, 2]
 LR, WEIGHT_DECAY = 0.01, 1e-4
 VARIANTS = {"master": "reference_repo", "cross-only": "reference_branch_repo"}
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-class TinyTokenizer:
-    """OpenAI clip.tokenize on the tiny vocabulary: [n, 77] ids, 0 after EOT."""
-
-    def __init__(self) -> None:
-        self.tok = CLIPTokenizer.from_pretrained(str(CLIP_FIX / "tiny_hf"))
-
-    def tokenize(self, text: str) -> torch.Tensor:
-        ids = self.tok(text)["input_ids"]
-        assert len(ids) <= CONTEXT_LENGTH and ids[-1] == self.tok.eos_token_id
-        return torch.tensor([ids + [0] * (CONTEXT_LENGTH - len(ids))], dtype=torch.int64)
 
 
 def load_reference(repo: Path, tok: TinyTokenizer) -> types.SimpleNamespace:
