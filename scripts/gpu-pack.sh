@@ -10,7 +10,7 @@ T="${CARGO_TARGET_DIR:-target}"
 # The test build also builds `mmrl` (with the same features, so nothing twice).
 rm -rf gpu-pack && mkdir -p gpu-pack/gpu-bin/tests
 cargo test --release --features test-cuda --no-run --message-format=json \
-  --test clip_parity --test mmrl_parity --test coop_parity --test cli_zeroshot --test train_run |
+  ${GPU_PACK_TESTS:---test clip_parity --test mmrl_parity --test coop_parity --test cli_zeroshot --test train_run --test gpu_ops} |
   python3 -c 'import json,sys,shutil
 for l in sys.stdin:
     m = json.loads(l)

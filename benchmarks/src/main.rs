@@ -87,7 +87,12 @@ fn median_min(mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn time<F: FnMut()>(iters: usize, mut f: F) -> (f64, f64) {
+    let first = Instant::now();
     f(); // warm-up (kernel compilation, allocator, autotune)
+    eprintln!(
+        "first call (kernel compilation, autotune): {:.2} s",
+        first.elapsed().as_secs_f64()
+    );
     f();
     let runs: Vec<f64> = (0..iters)
         .map(|_| {
