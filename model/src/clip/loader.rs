@@ -154,10 +154,15 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
                 TORCHSCRIPT_HINT.replace("{file}", &path.display().to_string())
             ));
         }
-        match PytorchReader::new(path) {
-            Ok(reader) => reader.into_tensors().into_iter().collect(),
-            // Checkpoints that pickle optimizer or scheduler objects next to
-            // the weights: read the tensors with candle's lenient unpickler.
+        // Checkpoints that pickle optimizer or scheduler objects next to the
+        // weights (Dassl's) can fail burn-store's reader, or pass it with no
+        // tensor found: read those with candle's lenient unpickler.
+        let strict = PytorchReader::new(path)
+            .map(|r| r.into_tensors().into_iter().collect::<BTreeMap<_, _>>());
+        match strict {
+            Ok(t) if !t.is_empty() => t,
+            Ok(_) => read_pickle_lenient(path)
+                .map_err(|e2| bad(format!("not a readable PyTorch state dict ({e2})")))?,
             Err(e) => read_pickle_lenient(path)
                 .map_err(|e2| bad(format!("not a readable PyTorch state dict ({e}; {e2})")))?,
         }
@@ -181,31 +186,124 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
 
 /// Every tensor of a PyTorch file, under `state_dict` when the file has one,
 /// whatever other Python objects it pickles. Reads eagerly, casting to f32.
+/// Strided tensors (views such as Dassl's `token_prefix = embedding[:, :1]`,
+/// saved with the whole storage) are gathered from their storage.
 fn read_pickle_lenient(
     path: &Path,
 ) -> std::result::Result<BTreeMap<String, TensorSnapshot>, String> {
-    use candle_core::pickle::read_all_with_key;
-    let tensors = read_all_with_key(path, Some("state_dict"))
-        .or_else(|_| read_all_with_key(path, None))
+    use candle_core::pickle::PthTensors;
+    let pth = PthTensors::new(path, Some("state_dict"))
+        .ok()
+        .filter(|p| !p.tensor_infos().is_empty())
+        .map(Ok)
+        .unwrap_or_else(|| PthTensors::new(path, None))
         .map_err(|e| e.to_string())?;
-    tensors
-        .into_iter()
-        .map(|(name, t)| {
-            let shape = t.dims().to_vec();
-            let values = t
-                .to_dtype(candle_core::DType::F32)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| format!("tensor `{name}`: {e}"))?;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| e.to_string())?;
+    pth.tensor_infos()
+        .iter()
+        .map(|(name, info)| {
+            let values =
+                read_strided(&mut zip, info).map_err(|e| format!("tensor `{name}`: {e}"))?;
+            let shape = info.layout.dims().to_vec();
             let snapshot = TensorSnapshot::from_data(
                 TensorData::new(values, shape),
                 name.split('.').map(String::from).collect(),
                 Vec::new(),
                 ParamId::new(),
             );
-            Ok((name, snapshot))
+            Ok((name.clone(), snapshot))
         })
         .collect()
+}
+
+/// One tensor of a PyTorch zip file as f32, read through its layout (strides
+/// in elements, offset in bytes as candle keeps it) from its storage record. Reads no more than the
+/// elements the layout reaches, and fails if the record is shorter.
+fn read_strided<R: std::io::Read + std::io::Seek>(
+    zip: &mut zip::ZipArchive<R>,
+    info: &candle_core::pickle::TensorInfo,
+) -> std::result::Result<Vec<f32>, String> {
+    use candle_core::DType as D;
+    use std::io::Read;
+    let dims = info.layout.dims();
+    let strides = info.layout.stride();
+    let count: usize = dims.iter().product();
+    let elem = match info.dtype {
+        D::F32 => 4,
+        D::F16 | D::BF16 => 2,
+        D::F64 => 8,
+        other => return Err(format!("dtype {other:?} is not a float type")),
+    };
+    // candle keeps the storage offset in bytes.
+    let start = info.layout.start_offset() / elem;
+    // The furthest element the layout reaches, +1.
+    let span = if count == 0 {
+        0
+    } else {
+        dims.iter()
+            .zip(strides)
+            .try_fold(start + 1, |acc, (&d, &s)| {
+                (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
+            })
+            .ok_or("its layout overflows")?
+    };
+    let bytes_needed = span.checked_mul(elem).ok_or("its layout overflows")?;
+    let mut entry = zip.by_name(&info.path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    entry
+        .by_ref()
+        .take(bytes_needed as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() < bytes_needed {
+        return Err(format!(
+            "its storage holds {} bytes, its layout needs {bytes_needed} (truncated file?)",
+            bytes.len()
+        ));
+    }
+    let at = |i: usize| -> f32 {
+        let b = &bytes[i * elem..(i + 1) * elem];
+        match info.dtype {
+            D::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            D::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
+            D::BF16 => f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
+            _ => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        }
+    };
+    let mut out = Vec::with_capacity(count);
+    let mut index = vec![0usize; dims.len()];
+    for _ in 0..count {
+        let offset = start + index.iter().zip(strides).map(|(i, s)| i * s).sum::<usize>();
+        out.push(at(offset));
+        // the next index, last dimension fastest
+        for d in (0..dims.len()).rev() {
+            index[d] += 1;
+            if index[d] < dims[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    Ok(out)
+}
+
+/// IEEE half to f32 (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // subnormal: f · 2⁻²⁴
+            return if sign != 0 { -(f as f32) } else { f as f32 } * 2f32.powi(-24);
+        }
+        (31, 0) => sign | 0x7f80_0000,
+        (31, f) => sign | 0x7fc0_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
 }
 
 const TORCHSCRIPT_HINT: &str = "{file} is a TorchScript archive (OpenAI's release format), \
@@ -639,6 +737,19 @@ pub fn apply_tensors<B: Backend>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_f16_value_converts_exactly() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = super::f16_to_f32(h);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{h:#06x}: {got} vs {want}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
