@@ -59,7 +59,7 @@ pub fn demo_cmd<B: Backend>(a: &DemoArgs, device: &B::Device) -> Result<()> {
     let results = run_demo::<Autodiff<B>>(&cfg, &a.output, &cache, device)?;
     println!("\n{}", results.table());
     println!(
-        "results: {} (per-method runs in {}/{{zeroshot,coop,mmrl,mm-adapter}}); {:.1} min",
+        "results: {} (per-method runs in {}/{{zeroshot,coop,mmrl,comma,mm-adapter}}); {:.1} min",
         a.output.join("results.json").display(),
         a.output.display(),
         started.elapsed().as_secs_f64() / 60.0

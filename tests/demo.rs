@@ -60,6 +60,11 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
     );
     assert!(m("hm") > zs("hm"), "MMRL's HM beats zero-shot's: {shown}");
     assert!(m("hm") > coop("hm"), "MMRL's HM beats CoOp's: {shown}");
+    let comma = |k| num(&r, &["methods", "comma", k]);
+    assert!(
+        comma("novel") >= zs("novel") - 5.0,
+        "COMMA keeps zero-shot's novel accuracy: {shown}"
+    );
     let mma = |k| num(&r, &["methods", "mm-adapter", k]);
     assert!(
         mma("novel") >= zs("novel") - 5.0,
@@ -67,7 +72,7 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
     );
 
     // Each method's run is a full training run's output.
-    for method in ["zeroshot", "coop", "mmrl", "mm-adapter"] {
+    for method in ["zeroshot", "coop", "mmrl", "comma", "mm-adapter"] {
         let run: Value = serde_json::from_str(
             &std::fs::read_to_string(out.join(method).join("results.json")).unwrap(),
         )
@@ -77,6 +82,7 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
     }
     assert!(out.join("mmrl/seed1/mmrl.safetensors").is_file());
     assert!(out.join("coop/seed3/coop.safetensors").is_file());
+    assert!(out.join("comma/seed1/comma.safetensors").is_file());
     assert!(out
         .join("mm-adapter/seed2/mm-adapter.safetensors")
         .is_file());

@@ -226,26 +226,6 @@ fn loss_gradients_and_one_adam_step_match_the_reference() {
     }
 }
 
-/// Replaces every trained tensor with its gradient (so that
-/// [`Method::state`] names the gradients as the reference does).
-struct GradsOf<'a> {
-    grads: &'a GradientsParams,
-}
-
-impl<Bk: burn::tensor::backend::AutodiffBackend> burn::module::ModuleMapper<Bk> for GradsOf<'_> {
-    fn map_float<const D: usize>(
-        &mut self,
-        param: burn::module::Param<Tensor<Bk, D>>,
-    ) -> burn::module::Param<Tensor<Bk, D>> {
-        let (id, _, mapper) = param.consume();
-        let grad = self
-            .grads
-            .get::<Bk::InnerBackend, D>(id)
-            .expect("every adapter tensor has a gradient");
-        burn::module::Param::from_mapped_value(id, Tensor::from_inner(grad), mapper)
-    }
-}
-
 /// `mmrl predict` on the reference's own checkpoint reproduces its logits.
 /// The fixture's pixels were cropped as transformers does; an OpenAI-named
 /// CLIP file is cropped as OpenAI does, which moves gray.png (row 0) by a

@@ -160,3 +160,39 @@ fn mm_adapter_recipes_use_the_references_optimiser_on_the_common_protocol() {
         assert_eq!(c["mm-adapter"]["variant"].as_str(), Some("master"));
     }
 }
+
+/// COMMA: `vit_b16_c2_ep5_batch4_2ctx` for base-to-novel (and few-shot, which
+/// the reference does not report), `..._cross_datasets` for cross and DG.
+#[test]
+fn comma_recipes_follow_the_reference_configs() {
+    for (protocol, file, epochs, lr, depth) in [
+        ("base2novel", "base2novel", 5, 0.0035, 9),
+        ("fewshot", "fewshot", 5, 0.0035, 9),
+        ("cross", "cross", 2, 0.0026, 3),
+        ("dg", "cross", 2, 0.0026, 3),
+    ] {
+        let (recipe, c) = dry_run(&[
+            "--method",
+            "comma",
+            "--dataset",
+            "imagenet",
+            "--protocol",
+            protocol,
+        ]);
+        assert_eq!(recipe, format!("configs/comma/{file}.toml"));
+        assert_eq!(c["optimizer"].as_str(), Some("sgd"));
+        assert_eq!(c["lr"].as_float(), Some(lr));
+        assert_eq!((int(&c, "epochs"), int(&c, "batch_size")), (epochs, 4));
+        assert_eq!(
+            (int(&c, "warmup_epochs"), c["warmup_lr"].as_float()),
+            (1, Some(1e-5))
+        );
+        let m = &c["comma"];
+        assert_eq!(m["prompt_depth"].as_integer(), Some(depth));
+        assert_eq!(m["n_ctx"].as_integer(), Some(2));
+        assert_eq!(m["ctx_init"].as_str(), Some("a photo of a"));
+        assert_eq!(m["kp_weight"].as_float(), Some(1.0));
+        assert_eq!(m["fp16"].as_bool(), Some(true));
+        assert_eq!(m["train_generators"].as_bool(), Some(false));
+    }
+}

@@ -198,3 +198,23 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Replaces every trained tensor with its gradient, or zeros where it got
+/// none (so that `Method::state` names the gradients as the reference does).
+pub struct GradsOf<'a> {
+    pub grads: &'a burn::optim::GradientsParams,
+}
+
+impl<Bk: burn::tensor::backend::AutodiffBackend> burn::module::ModuleMapper<Bk> for GradsOf<'_> {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::prelude::Tensor<Bk, D>>,
+    ) -> burn::module::Param<burn::prelude::Tensor<Bk, D>> {
+        let (id, value, mapper) = param.consume();
+        let grad = match self.grads.get::<Bk::InnerBackend, D>(id) {
+            Some(g) => burn::prelude::Tensor::from_inner(g),
+            None => value.zeros_like(),
+        };
+        burn::module::Param::from_mapped_value(id, grad, mapper)
+    }
+}

@@ -43,6 +43,7 @@ pub struct DemoConfig {
     pub zeroshot: TrainConfig,
     pub coop: TrainConfig,
     pub mmrl: TrainConfig,
+    pub comma: TrainConfig,
     #[serde(rename = "mm-adapter")]
     pub mm_adapter: TrainConfig,
 }
@@ -84,6 +85,9 @@ impl DemoConfig {
             coop: Self::coop(method("coop")),
             // MMRL's reference schedule (10 epochs, batch 4, AdamW 1e-3).
             mmrl: method("mmrl"),
+            // COMMA's reference schedule (5 epochs, batch 4, SGD 0.0035); its
+            // prompt depth of 9 is clamped to the small CLIP's 3 layers.
+            comma: method("comma"),
             // Its reference optimiser and early stopping on the common protocol.
             mm_adapter: method("mm-adapter"),
             seeds,
@@ -238,6 +242,7 @@ pub struct DemoMethods {
     pub zeroshot: BaseNovel,
     pub coop: BaseNovel,
     pub mmrl: BaseNovel,
+    pub comma: BaseNovel,
     #[serde(rename = "mm-adapter")]
     pub mm_adapter: BaseNovel,
 }
@@ -252,7 +257,7 @@ fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
                 path: output.into(),
             });
         }
-        for sub in ["world", "zeroshot", "coop", "mmrl", "mm-adapter"] {
+        for sub in ["world", "zeroshot", "coop", "mmrl", "comma", "mm-adapter"] {
             let p = output.join(sub);
             if p.exists() {
                 std::fs::remove_dir_all(&p).map_err(|e| mmrl_data::Error::io(&p, e))?;
@@ -278,7 +283,7 @@ pub fn run_demo<B: AutodiffBackend>(
 ) -> Result<DemoResults> {
     claim_output(output, cfg)?;
     let tokenizer = ClipTokenizer::bundled();
-    println!("[1/5] the small CLIP");
+    println!("[1/6] the small CLIP");
     let clip_dir = cached_clip::<B>(&cfg.pretrain, cache_root, &tokenizer, device)?;
     let loaded = load_clip::<B::InnerBackend>(&clip_dir, device)?;
     let side = loaded.config.vision_config.image_size;
@@ -296,13 +301,14 @@ pub fn run_demo<B: AutodiffBackend>(
         ("zeroshot", &cfg.zeroshot),
         ("coop", &cfg.coop),
         ("mmrl", &cfg.mmrl),
+        ("comma", &cfg.comma),
         ("mm-adapter", &cfg.mm_adapter),
     ]
     .into_iter()
     .enumerate()
     {
         println!(
-            "[{}/5] {name}, base-to-novel, seeds {:?}",
+            "[{}/6] {name}, base-to-novel, seeds {:?}",
             i + 2,
             mcfg.seeds
         );
@@ -339,7 +345,8 @@ pub fn run_demo<B: AutodiffBackend>(
             zeroshot: means[0],
             coop: means[1],
             mmrl: means[2],
-            mm_adapter: means[3],
+            comma: means[3],
+            mm_adapter: means[4],
         },
     };
     split_file::write_json_atomic(
@@ -364,6 +371,7 @@ impl DemoResults {
             ("zero-shot", m.zeroshot),
             ("CoOp", m.coop),
             ("MMRL", m.mmrl),
+            ("COMMA", m.comma),
             ("MM-Adapter", m.mm_adapter),
         ] {
             s.push_str(&format!(

@@ -8,6 +8,7 @@
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
+use mmrl_model::methods::comma::{Comma, CommaOutput};
 use mmrl_model::methods::coop::Coop;
 use mmrl_model::methods::mm_adapter::MmAdapter;
 use mmrl_model::methods::zeroshot::ZeroShot;
@@ -54,6 +55,21 @@ impl<B: Backend> MethodLoss<B> for Coop<B> {
             total: cross_entropy(logits.clone(), labels),
             logits,
             terms: Vec::new(),
+        }
+    }
+}
+
+/// COMMA: cross entropy plus the weighted knowledge-preservation term
+/// (`trainers/comma.py`: `F.cross_entropy(output, label) + self.weight*score`).
+impl<B: Backend> MethodLoss<B> for Comma<B> {
+    const TERMS: &'static [&'static str] = &["ce", "kp"];
+
+    fn loss(&self, out: CommaOutput<B>, labels: Tensor<B, 1, Int>) -> Loss<B> {
+        let ce = cross_entropy(out.logits.clone(), labels);
+        Loss {
+            total: ce.clone() + out.kp.clone().mul_scalar(out.kp_weight),
+            logits: out.logits,
+            terms: vec![ce, out.kp],
         }
     }
 }

@@ -6,6 +6,7 @@ use burn::backend::Flex;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use mmrl_model::methods::comma::Comma;
 use mmrl_model::methods::coop::Coop;
 use mmrl_model::methods::mm_adapter::MmAdapter;
 use mmrl_model::methods::mmrl::Mmrl;
@@ -72,7 +73,7 @@ macro_rules! registry {
     };
 }
 
-registry!(ZeroShot, Coop, Mmrl, MmAdapter);
+registry!(ZeroShot, Coop, Mmrl, Comma, MmAdapter);
 
 /// Checks a method name.
 pub fn check(name: &str) -> Result<()> {

@@ -37,6 +37,8 @@ use crate::clip::Clip;
 use crate::Result;
 
 pub mod checkpoint;
+pub mod comma;
+pub mod comma_io;
 pub mod coop;
 pub mod coop_io;
 pub mod mm_adapter;
@@ -151,7 +153,10 @@ pub trait Method<B: Backend>: Module<B> + ModuleDisplay + 'static {
     type Text: Clone;
 
     /// The prompt of each class: the template filled in, or the method's
-    /// own prompt (CoOp: context placeholders and the name).
+    /// own prompt (CoOp: context placeholders and the name). A method may
+    /// append further prompts it needs after the classes' (COMMA: the
+    /// template prompts of its knowledge-preservation target); the
+    /// tokenised rows reach it in this order.
     fn prompt_texts(config: &Self::Config, classes: &[String], template: &str) -> Vec<String>;
 
     /// A fresh method (the reference's initialisation) around `clip`, which
