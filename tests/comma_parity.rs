@@ -34,14 +34,6 @@ fn json() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap()
 }
 
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 fn clip<Bk: Backend>() -> Clip<Bk> {
     load_clip::<Bk>(&fixture("tiny_clip.safetensors"), &Default::default())
         .unwrap()
@@ -83,16 +75,20 @@ fn prompts() -> ClassPrompts {
 }
 
 fn images<Bk: Backend>() -> Tensor<Bk, 4> {
-    let (pixels, shape) = expected("pixel_values");
-    Tensor::<Bk, 1>::from_floats(pixels.as_slice(), &Default::default())
-        .reshape([shape[0], shape[1], shape[2], shape[3]])
+    images_at(&fixture("expected.safetensors"))
 }
 
 fn labels<Bk: Backend>() -> Tensor<Bk, 1, Int> {
-    let labels: Vec<i64> = expected("labels").0.iter().map(|&v| v as i64).collect();
-    let n = labels.len();
-    Tensor::from_data(TensorData::new(labels, [n]), &Default::default())
+    labels_at(&fixture("expected.safetensors"))
 }
+
+/// The tensors COMMA trains (reference names).
+const TRAINED: [&str; 4] = [
+    "prompt_learner.ctx",
+    "prompt_learner.proj.weight",
+    "prompt_learner.proj.bias",
+    "prompt_learner.compound_prompts_text",
+];
 
 fn checkpoint() -> PathBuf {
     fixture("MultiModalPromptLearner/model.pth.tar-2")
@@ -134,12 +130,7 @@ fn the_reference_checkpoint_scores_as_the_reference() {
         .into_iter()
         .map(|(k, _, v)| (k, v))
         .collect();
-    for key in [
-        "prompt_learner.ctx",
-        "prompt_learner.proj.weight",
-        "prompt_learner.proj.bias",
-        "prompt_learner.compound_prompts_text",
-    ] {
+    for key in TRAINED {
         check(key, &state[key], &format!("params.{key}"), 0.0);
     }
     // The generators (the base one in fp16) from the loaded tensors.
@@ -186,12 +177,7 @@ fn loss_terms_and_gradients_match_the_reference() {
         .into_iter()
         .map(|(k, _, v)| (k, v))
         .collect();
-    for key in [
-        "prompt_learner.ctx",
-        "prompt_learner.proj.weight",
-        "prompt_learner.proj.bias",
-        "prompt_learner.compound_prompts_text",
-    ] {
+    for key in TRAINED {
         // The reference computes these gradients through its fp16 casts
         // (ctx and proj are fp16 tensors; each class's gradient of a deep
         // text prompt passes `.half()`): they hold fp16 roundings our f32
@@ -284,4 +270,35 @@ fn predict_on_the_reference_checkpoint_gives_its_logits() {
         let d = max_abs_diff(&got, &want[row * c..(row + 1) * c]);
         assert_within(&format!("predict row {row}"), d, 1e-4);
     }
+}
+
+/// The reference checkpoint's `token_suffix` is a view (the prompts'
+/// fp16 token embeddings from position 1 + n_ctx on) saved with its whole
+/// storage: read through its strides and offset, it equals those
+/// embeddings.
+#[test]
+fn strided_tensors_of_a_dassl_checkpoint_read_through_their_layout() {
+    let tensors = mmrl::model::methods::checkpoint::read_state_dict(&checkpoint()).unwrap();
+    let suffix = &tensors["prompt_learner.token_suffix"];
+    let [classes, rest, width] = suffix.shape.to_vec()[..] else {
+        panic!("token_suffix has shape {:?}", suffix.shape)
+    };
+    let got: Vec<f32> = suffix.to_data().unwrap().convert::<f32>().to_vec().unwrap();
+    let (table, shape) = tensor_at(&fixture("tiny_clip.safetensors"), "token_embedding.weight");
+    assert_eq!(shape[1], width);
+    let ids = expected("input_ids").0;
+    let seq = ids.len() / classes;
+    assert_eq!(rest, seq - 3);
+    let mut want = Vec::new();
+    for c in 0..classes {
+        for t in 3..seq {
+            let id = ids[c * seq + t] as usize;
+            want.extend_from_slice(&table[id * width..(id + 1) * width]);
+        }
+    }
+    let want = mmrl::model::methods::comma::round_f16(Tensor::<B, 1>::from_floats(
+        want.as_slice(),
+        &Default::default(),
+    ));
+    assert_eq!(got, data(want));
 }

@@ -120,15 +120,11 @@ fn case_prompts<Bk: Backend>(case: &str, model: &Coop<Bk>, trim: bool) -> CoopPr
 }
 
 fn images<Bk: Backend>() -> Tensor<Bk, 4> {
-    let (pixels, shape) = expected("pixel_values");
-    Tensor::<Bk, 1>::from_floats(pixels.as_slice(), &Default::default())
-        .reshape([shape[0], shape[1], shape[2], shape[3]])
+    images_at(&coop_fixture("expected.safetensors"))
 }
 
 fn labels<Bk: Backend>() -> Tensor<Bk, 1, Int> {
-    let labels: Vec<i64> = expected("labels").0.iter().map(|&v| v as i64).collect();
-    let n = labels.len();
-    Tensor::from_data(TensorData::new(labels, [n]), &Default::default())
+    labels_at(&coop_fixture("expected.safetensors"))
 }
 
 #[test]

@@ -40,14 +40,6 @@ fn json() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap()
 }
 
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 fn clip<Bk: Backend>() -> Clip<Bk> {
     load_clip::<Bk>(
         &clip_fixture("tiny_openai.safetensors"),
@@ -83,15 +75,11 @@ fn prompts() -> ClassPrompts {
 }
 
 fn images<Bk: Backend>() -> Tensor<Bk, 4> {
-    let (pixels, shape) = expected("pixel_values");
-    Tensor::<Bk, 1>::from_floats(pixels.as_slice(), &Default::default())
-        .reshape([shape[0], shape[1], shape[2], shape[3]])
+    images_at(&fixture("expected.safetensors"))
 }
 
 fn labels<Bk: Backend>() -> Tensor<Bk, 1, Int> {
-    let labels: Vec<i64> = expected("labels").0.iter().map(|&v| v as i64).collect();
-    let n = labels.len();
-    Tensor::from_data(TensorData::new(labels, [n]), &Default::default())
+    labels_at(&fixture("expected.safetensors"))
 }
 
 fn load<Bk: Backend>(variant: &str) -> MmAdapter<Bk> {

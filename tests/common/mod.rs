@@ -218,3 +218,37 @@ impl<Bk: burn::tensor::backend::AutodiffBackend> burn::module::ModuleMapper<Bk> 
         burn::module::Param::from_mapped_value(id, grad, mapper)
     }
 }
+
+/// `pixel_values` of a fixture file, as an image batch.
+pub fn images_at<Bk: burn::prelude::Backend>(
+    path: &std::path::Path,
+) -> burn::prelude::Tensor<Bk, 4> {
+    let (pixels, shape) = tensor_at(path, "pixel_values");
+    burn::prelude::Tensor::<Bk, 1>::from_floats(pixels.as_slice(), &Default::default())
+        .reshape([shape[0], shape[1], shape[2], shape[3]])
+}
+
+/// `labels` of a fixture file.
+pub fn labels_at<Bk: burn::prelude::Backend>(
+    path: &std::path::Path,
+) -> burn::prelude::Tensor<Bk, 1, burn::prelude::Int> {
+    let labels: Vec<i64> = tensor_at(path, "labels")
+        .0
+        .iter()
+        .map(|&v| v as i64)
+        .collect();
+    let n = labels.len();
+    burn::prelude::Tensor::from_data(
+        burn::prelude::TensorData::new(labels, [n]),
+        &Default::default(),
+    )
+}
+
+/// A JSON array of strings.
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|s| s.as_str().expect("strings").to_string())
+        .collect()
+}

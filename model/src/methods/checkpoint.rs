@@ -9,8 +9,9 @@ use burn::module::{Module, ParamId};
 use burn::prelude::*;
 use burn_store::{ModuleSnapshot, TensorSnapshot};
 
-use crate::clip::loader::{convert, read_tensors, Op};
+use crate::clip::loader::{convert, read_tensors, transpose, Op};
 use crate::error::{Error, Result};
+use crate::methods::NamedTensor;
 
 /// Fills every trained parameter of `model` (what its visitors see; frozen
 /// parts are hidden) from a checkpoint's `tensors`: `source` gives each
@@ -73,6 +74,31 @@ pub fn apply_reference_tensors<B: Backend, M: Module<B>>(
         });
     }
     Ok(model)
+}
+
+/// Every trained parameter of `model` under its reference name and layout
+/// (`key` maps a parameter's path to both; parameters it maps to `None` are
+/// left out): the inverse of [`apply_reference_tensors`].
+pub fn reference_state<B: Backend, M: Module<B>>(
+    model: &M,
+    key: impl Fn(&str) -> Option<(String, Op)>,
+) -> Vec<NamedTensor> {
+    model
+        .collect(None, None, false)
+        .into_iter()
+        .filter_map(|snap| {
+            let (key, op) = key(&snap.full_path())?;
+            let data = snap.to_data().ok()?.convert::<f32>();
+            let shape = data.shape.to_vec();
+            let values: Vec<f32> = data.to_vec().ok()?;
+            Some(match (op, &shape[..]) {
+                (Op::Transpose, &[rows, cols]) => {
+                    (key, vec![cols, rows], transpose(&values, rows, cols))
+                }
+                _ => (key, shape, values),
+            })
+        })
+        .collect()
 }
 
 /// The model tensors of a checkpoint, by name. Dassl's `model.pth.tar-N` is a

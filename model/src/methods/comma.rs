@@ -397,29 +397,35 @@ impl<B: Backend> Comma<B> {
     /// What is trained: `ctx`, `proj`, the deep text prompts, and the
     /// generators when `train_generators`.
     pub fn num_trainable_params(&self) -> usize {
-        let pl = &self.prompt_learner;
-        let gens = pl.compound_prompt_projections_image_base.num_params()
-            + pl.compound_prompt_projections_image
-                .iter()
-                .map(Module::num_params)
-                .sum::<usize>();
-        pl.ctx.num_params()
-            + pl.proj.num_params()
-            + pl.compound_prompts_text.num_params()
-            + if self.train_generators { gens } else { 0 }
+        self.prompt_params()
+            + if self.train_generators {
+                self.generator_params()
+            } else {
+                0
+            }
     }
 
     /// The parameter count as the reference declares it (`requires_grad`),
     /// generators and the overwritten `compound_prompts_image` included.
     pub fn num_declared_params(&self) -> usize {
+        let image = (self.depth() - 1) * self.n_ctx() * vision_width(&self.clip);
+        self.prompt_params() + self.generator_params() + image
+    }
+
+    /// `ctx`, `proj` and the deep text prompts.
+    fn prompt_params(&self) -> usize {
         let pl = &self.prompt_learner;
-        let gens = pl.compound_prompt_projections_image_base.num_params()
+        pl.ctx.num_params() + pl.proj.num_params() + pl.compound_prompts_text.num_params()
+    }
+
+    /// The vision-prompt generators.
+    fn generator_params(&self) -> usize {
+        let pl = &self.prompt_learner;
+        pl.compound_prompt_projections_image_base.num_params()
             + pl.compound_prompt_projections_image
                 .iter()
                 .map(Module::num_params)
-                .sum::<usize>();
-        let image = (self.depth() - 1) * self.n_ctx() * vision_width(&self.clip);
-        self.num_trainable_params() - if self.train_generators { gens } else { 0 } + gens + image
+                .sum::<usize>()
     }
 
     fn r<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {

@@ -24,12 +24,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, TensorSnapshot};
+use burn_store::TensorSnapshot;
 
-use super::checkpoint::{apply_reference_tensors, read_state_dict};
+use super::checkpoint::{apply_reference_tensors, read_state_dict, reference_state};
 use super::comma::{Comma, CommaConfig};
 use super::NamedTensor;
-use crate::clip::loader::{transpose, Op};
+use crate::clip::loader::Op;
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 
@@ -135,22 +135,7 @@ pub fn load_comma<B: Backend>(
 /// The prompt learner's tensors under the reference names, in PyTorch
 /// layout, with the generated vision prompts as `compound_prompts_image`.
 pub fn comma_state<B: Backend>(model: &Comma<B>) -> Vec<NamedTensor> {
-    let mut out: Vec<NamedTensor> = model
-        .collect(None, None, false)
-        .into_iter()
-        .filter_map(|snap| {
-            let (key, op) = reference_key(&snap.full_path())?;
-            let data = snap.to_data().ok()?.convert::<f32>();
-            let shape = data.shape.to_vec();
-            let values: Vec<f32> = data.to_vec().ok()?;
-            Some(match (op, &shape[..]) {
-                (Op::Transpose, &[rows, cols]) => {
-                    (key, vec![cols, rows], transpose(&values, rows, cols))
-                }
-                _ => (key, shape, values),
-            })
-        })
-        .collect();
+    let mut out = reference_state(model, reference_key);
     if let Some(v) = model.vision_prompts() {
         let data = v.into_data().convert::<f32>();
         out.push((

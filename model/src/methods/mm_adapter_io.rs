@@ -19,12 +19,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn_store::{ModuleSnapshot, TensorSnapshot};
+use burn_store::TensorSnapshot;
 
-use super::checkpoint::{apply_reference_tensors, read_state_dict};
+use super::checkpoint::{apply_reference_tensors, read_state_dict, reference_state};
 use super::mm_adapter::{MmAdapter, MmAdapterConfig, Variant};
 use super::NamedTensor;
-use crate::clip::loader::{transpose, Op};
+use crate::clip::loader::Op;
 use crate::clip::Clip;
 use crate::error::{Error, Result};
 
@@ -126,22 +126,7 @@ pub fn load_mm_adapter<B: Backend>(
 /// The adapter's tensors under the reference names, in PyTorch layout.
 pub fn mm_adapter_state<B: Backend>(model: &MmAdapter<B>) -> Vec<NamedTensor> {
     let variant = model.adapter.variant();
-    model
-        .collect(None, None, false)
-        .into_iter()
-        .filter_map(|snap| {
-            let (key, op) = reference_key(&snap.full_path(), variant)?;
-            let data = snap.to_data().ok()?.convert::<f32>();
-            let shape = data.shape.to_vec();
-            let values: Vec<f32> = data.to_vec().ok()?;
-            Some(match (op, &shape[..]) {
-                (Op::Transpose, &[rows, cols]) => {
-                    (key, vec![cols, rows], transpose(&values, rows, cols))
-                }
-                _ => (key, shape, values),
-            })
-        })
-        .collect()
+    reference_state(model, |p| reference_key(p, variant))
 }
 
 #[cfg(test)]
