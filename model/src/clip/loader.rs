@@ -266,8 +266,8 @@ fn read_strided<R: std::io::Read + std::io::Seek>(
         let b = &bytes[i * elem..(i + 1) * elem];
         match info.dtype {
             D::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            D::F16 => f16_to_f32(u16::from_le_bytes([b[0], b[1]])),
-            D::BF16 => f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16),
+            D::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            D::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
             _ => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
         }
     };
@@ -286,24 +286,6 @@ fn read_strided<R: std::io::Read + std::io::Seek>(
         }
     }
     Ok(out)
-}
-
-/// IEEE half to f32 (exact).
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = ((h >> 15) as u32) << 31;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let frac = (h & 0x3ff) as u32;
-    let bits = match (exp, frac) {
-        (0, 0) => sign,
-        (0, f) => {
-            // subnormal: f · 2⁻²⁴
-            return if sign != 0 { -(f as f32) } else { f as f32 } * 2f32.powi(-24);
-        }
-        (31, 0) => sign | 0x7f80_0000,
-        (31, f) => sign | 0x7fc0_0000 | (f << 13),
-        (e, f) => sign | ((e + 112) << 23) | (f << 13),
-    };
-    f32::from_bits(bits)
 }
 
 const TORCHSCRIPT_HINT: &str = "{file} is a TorchScript archive (OpenAI's release format), \
@@ -737,18 +719,6 @@ pub fn apply_tensors<B: Backend>(
 
 #[cfg(test)]
 mod tests {
-
-    #[test]
-    fn every_f16_value_converts_exactly() {
-        for h in 0..=u16::MAX {
-            let want = half::f16::from_bits(h).to_f32();
-            let got = super::f16_to_f32(h);
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{h:#06x}: {got} vs {want}"
-            );
-        }
-    }
 
     use super::*;
 

@@ -144,7 +144,8 @@ impl CommaConfig {
         )
     }
 
-    /// A fresh COMMA around `clip` (the reference's initialisation):
+    /// A fresh COMMA around `clip` (the reference's initialisation) with
+    /// `prompt_depth` as set (validate it first):
     /// `ctx` from the embeddings of `ctx_init`'s first `n_ctx` tokens (their
     /// ids `ctx_ids`), deep text prompts N(0, 0.02), `proj` and the
     /// generators as PyTorch initialises them.
@@ -152,7 +153,6 @@ impl CommaConfig {
         &self,
         clip: Clip<B>,
         ctx_ids: Tensor<B, 1, Int>,
-        depth: usize,
         device: &B::Device,
     ) -> Comma<B> {
         let clip = clip.no_grad();
@@ -165,8 +165,8 @@ impl CommaConfig {
             .forward(ctx_ids.unsqueeze_dim::<2>(0))
             .reshape([self.n_ctx, tw])
             .detach();
-        let ctx = if self.fp16 { round_f16(ctx) } else { ctx };
-        let deep = depth - 1;
+        let ctx = round_if(ctx, self.fp16);
+        let deep = self.prompt_depth - 1;
         let text_prompts = Tensor::random(
             [deep, self.n_ctx, tw],
             Distribution::Normal(0.0, 0.02),
@@ -218,6 +218,26 @@ pub fn round_f16<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x + (r - v)
 }
 
+/// [`round_f16`] when `half`, else `x`.
+fn round_if<B: Backend, const D: usize>(x: Tensor<B, D>, half: bool) -> Tensor<B, D> {
+    if half {
+        round_f16(x)
+    } else {
+        x
+    }
+}
+
+/// A `Linear` on `[rows, in]`; with `half`, as PyTorch's fp16 `Linear`
+/// runs: weights, bias and output rounded to fp16.
+fn linear<B: Backend>(l: &Linear<B>, x: Tensor<B, 2>, half: bool) -> Tensor<B, 2> {
+    let y = x.matmul(round_if(l.weight.val(), half));
+    let y = match &l.bias {
+        Some(b) => y + round_if(b.val(), half).unsqueeze_dim(0),
+        None => y,
+    };
+    round_if(y, half)
+}
+
 /// PyTorch's `nn.LayerNorm` default.
 const LN_EPS: f64 = 1e-5;
 
@@ -251,21 +271,9 @@ impl<B: Backend> Generator<B> {
     /// `half`: every weight and every op's output rounded to fp16, as the
     /// reference's base generator runs.
     pub fn forward(&self, v: Tensor<B, 2>, t: Tensor<B, 2>, half: bool) -> Tensor<B, 2> {
-        let r = |x: Tensor<B, 2>| if half { round_f16(x) } else { x };
-        let linear = |l: &Linear<B>, x: Tensor<B, 2>| {
-            let w = l.weight.val();
-            let y = x.matmul(if half { round_f16(w) } else { w });
-            let y = match &l.bias {
-                Some(b) => {
-                    let b = b.val();
-                    y + if half { round_f16(b) } else { b }.unsqueeze_dim(0)
-                }
-                None => y,
-            };
-            r(y)
-        };
+        let r = |x: Tensor<B, 2>| round_if(x, half);
         let vw = self.fc.weight.dims()[1];
-        let t = linear(&self.fc, t); // [m, vw]
+        let t = linear(&self.fc, t, half); // [m, vw]
         let scores = r(r(v.matmul(t.clone().transpose())).div_scalar((vw as f64).sqrt()));
         let a = r(softmax(scores, 1)); // over the text tokens
         let x = r(a.matmul(t));
@@ -284,8 +292,8 @@ impl<B: Backend> Generator<B> {
         } else {
             self.ln.forward(x)
         };
-        let x = r(relu(linear(&self.mlp_0, x)));
-        linear(&self.mlp_2, x)
+        let x = r(relu(linear(&self.mlp_0, x, half)));
+        linear(&self.mlp_2, x, half)
     }
 }
 
@@ -369,7 +377,7 @@ impl<B: Backend> BlockHook<B> for ReplaceHook<'_, B> {
             return x;
         }
         let p = self.prompts[layer - 1].clone();
-        let p = if self.half { round_f16(p) } else { p };
+        let p = round_if(p, self.half);
         let [batch, seq, width] = x.dims();
         let n = p.dims()[0];
         let p = p.unsqueeze_dim::<3>(0).expand([batch, n, width]);
@@ -428,14 +436,6 @@ impl<B: Backend> Comma<B> {
                 .sum::<usize>()
     }
 
-    fn r<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        if self.fp16 {
-            round_f16(x)
-        } else {
-            x
-        }
-    }
-
     /// The prompts of every layer (`MultiModalPromptLearner.forward`).
     fn prompts(&self) -> Prompts<B> {
         let mut p = self.prompts_without_vision();
@@ -446,13 +446,8 @@ impl<B: Backend> Comma<B> {
     /// `ctx`, the input layer's vision prompts and the deep text prompts.
     fn prompts_without_vision(&self) -> Prompts<B> {
         let pl = &self.prompt_learner;
-        let ctx = self.r(pl.ctx.val());
-        let w = self.r(pl.proj.weight.val());
-        let mut shared = ctx.clone().matmul(w);
-        if let Some(b) = &pl.proj.bias {
-            shared = shared + self.r(b.val()).unsqueeze_dim(0);
-        }
-        let shared = self.r(shared);
+        let ctx = round_if(pl.ctx.val(), self.fp16);
+        let shared = linear(&pl.proj, ctx.clone(), self.fp16);
         let all_text = pl.compound_prompts_text.val();
         let [deep, n, tw] = all_text.dims();
         let text = (0..deep)
@@ -492,7 +487,10 @@ impl<B: Backend> Comma<B> {
     /// `[classes, projection_dim]`.
     fn text_side(&self, p: &Prompts<B>, set: &CommaClasses<B>) -> (Tensor<B, 3>, Tensor<B, 2>) {
         let text = &self.clip.text_model;
-        let emb = self.r(text.embeddings.token_embedding.forward(set.tokens.clone()));
+        let emb = round_if(
+            text.embeddings.token_embedding.forward(set.tokens.clone()),
+            self.fp16,
+        );
         let [classes, seq, tw] = emb.dims();
         let n = self.n_ctx();
         let ctx = p.ctx.clone().unsqueeze_dim::<3>(0).expand([classes, n, tw]);
@@ -604,14 +602,17 @@ impl<B: Backend> Method<B> for Comma<B> {
         prompts: &ClassPrompts,
         device: &B::Device,
     ) -> Result<Self> {
-        let depth = config.validate(
-            clip.text_model.encoder.depth(),
-            clip.vision_model.encoder.depth(),
-        )?;
+        let config = CommaConfig {
+            prompt_depth: config.validate(
+                clip.text_model.encoder.depth(),
+                clip.vision_model.encoder.depth(),
+            )?,
+            ..config.clone()
+        };
         // The context's words are the first prompt's tokens after SOS.
         let ids: Vec<i64> = prompts.ids[1..1 + config.n_ctx].to_vec();
         let ids = Tensor::from_data(TensorData::new(ids, [config.n_ctx]), device);
-        config.init(clip, ids, depth, device).set_classes(prompts)
+        config.init(clip, ids, device).set_classes(prompts)
     }
 
     fn load(
@@ -657,17 +658,14 @@ impl<B: Backend> Method<B> for Comma<B> {
             .weight
             .dims()[0];
         let padded = pad_rows(&prompts.ids, 2 * classes, prompts.seq, context);
-        let half = classes * context;
-        let tokens = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(padded[..half].to_vec(), [half]),
-            &device,
-        )
-        .reshape([classes, context]);
-        let template = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(padded[half..].to_vec(), [half]),
-            &device,
-        )
-        .reshape([classes, context]);
+        let (learned, template) = padded.split_at(classes * context);
+        let rows = |ids: &[i64]| {
+            Tensor::<B, 2, Int>::from_data(
+                TensorData::new(ids.to_vec(), [classes, context]),
+                &device,
+            )
+        };
+        let (tokens, template) = (rows(learned), rows(template));
         let eot = Tensor::from_data(
             TensorData::new(prompts.eot[..classes].to_vec(), [classes]),
             &device,

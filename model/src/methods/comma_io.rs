@@ -121,7 +121,7 @@ pub fn load_comma<B: Backend>(
         ..config.clone()
     };
     let ids = Tensor::zeros([n_ctx], device);
-    let model = config.init(clip, ids, depth, device);
+    let model = config.init(clip, ids, device);
     apply_reference_tensors(
         model,
         path,
