@@ -85,7 +85,51 @@ fn train(root: &Path, out: &Path, seeds: &str) -> Value {
         assert!(stdout.contains(term), "{term}: {stdout}");
     }
     assert!(!stdout.contains(" valid: "), "{stdout}");
-    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    // Each epoch line shows that epoch's mean loss (Burn's metric log), and
+    // each seed's result its last epoch's training accuracy.
+    for s in r["seeds"].as_array().unwrap() {
+        let seed = s["seed"].as_u64().unwrap();
+        let log = |epoch: usize, metric: &str| {
+            epoch_mean(&out.join(format!("seed{seed}/train/train/epoch-{epoch}/{metric}.log")))
+        };
+        for epoch in 1..=3 {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("mmrl seed {seed} epoch {epoch}/3 train:")))
+                .unwrap_or_else(|| panic!("seed {seed} epoch {epoch}: {stdout}"));
+            let shown: f64 = line
+                .split("Loss epoch ")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no loss in {line}"));
+            let want = log(epoch, "Loss");
+            assert!(
+                (shown - want).abs() <= 0.005 + 1e-3 * want.abs(),
+                "epoch {epoch} shows loss {shown}, its log's mean is {want}: {line}"
+            );
+        }
+        let acc = s["train_accuracy"].as_f64().expect("train_accuracy");
+        assert!((acc - log(3, "Accuracy")).abs() < 1e-9, "{s}");
+    }
+    r
+}
+
+/// The batch-size-weighted mean of one of Burn's per-epoch metric logs
+/// (`value,batch size` lines).
+fn epoch_mean(path: &Path) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (sum, n) = text
+        .lines()
+        .map(|l| {
+            let (v, n) = l.split_once(',').unwrap();
+            let (v, n): (f64, f64) = (v.parse().unwrap(), n.parse().unwrap());
+            (v * n, n)
+        })
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    sum / n
 }
 
 #[test]
@@ -188,17 +232,28 @@ fn base_to_novel_over_two_seeds_writes_results_and_small_checkpoints() {
         assert_eq!(s1[k], seeds[0][k], "{k}");
     }
 
-    // Killed during epoch 2, then resumed: the same numbers as uninterrupted.
+    // Killed during epoch 3, with epoch 2's model checkpoint cut short (as
+    // a kill while Burn writes it in place leaves it), then resumed: epoch
+    // 2's checkpoint is skipped, the run continues after epoch 1 and ends
+    // with the same numbers as uninterrupted.
     let out2 = tmp.path().join("killed");
-    let o = train_with(&root, &out2, "1", &["--interrupt-after-epoch", "1"]);
+    let o = train_with(&root, &out2, "1", &["--interrupt-after-epoch", "2"]);
     assert_clean_failure(&o, &["interrupted", "--resume"]);
     assert!(!out2.join("results.json").exists());
+    let cut = out2.join("seed1/train/checkpoint/model-2.mpk");
+    let bytes = std::fs::read(&cut).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     // Without --resume the run is not overwritten.
     let o = train_with(&root, &out2, "1", &[]);
     assert_clean_failure(&o, &["previous run", "--resume"]);
     let o = train_with(&root, &out2, "1", &["--resume"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("resuming after epoch 1"));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("epoch 2's checkpoint is incomplete") && stdout.contains("model-2.mpk"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("resuming after epoch 1"), "{stdout}");
     let resumed: Value =
         serde_json::from_str(&std::fs::read_to_string(out2.join("results.json")).unwrap()).unwrap();
     for k in ["base", "novel", "hm"] {

@@ -51,33 +51,62 @@ pub struct Fit<'a> {
     pub data: &'a Prepared,
 }
 
-/// The last epoch whose model, optimizer and scheduler checkpoints all exist.
+/// The last epoch whose model, optimizer and scheduler checkpoints all
+/// exist and decode to their end. Burn's checkpointer writes its files in
+/// place, so a run killed (or a disk filled) while it wrote leaves a file
+/// cut short: such an epoch is skipped with a notice, and the run resumes
+/// from the one before (the last two are kept).
 pub fn last_checkpoint(dir: &Path) -> Option<usize> {
     let rd = std::fs::read_dir(dir).ok()?;
-    rd.filter_map(|e| {
-        let name = e.ok()?.file_name().to_string_lossy().into_owned();
-        let n: usize = name
-            .strip_prefix("model-")?
-            .strip_suffix(".mpk")?
-            .parse()
-            .ok()?;
-        let complete = ["model", "optim", "scheduler"].iter().all(|k| {
-            std::fs::metadata(dir.join(format!("{k}-{n}.mpk"))).is_ok_and(|m| m.len() > 0)
-        });
-        complete.then_some(n)
+    let mut epochs: Vec<usize> = rd
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("model-")?
+                .strip_suffix(".mpk")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    epochs.sort_unstable_by(|a, b| b.cmp(a));
+    epochs.into_iter().find(|n| {
+        let broken: Vec<String> = ["model", "optim", "scheduler"]
+            .iter()
+            .map(|k| dir.join(format!("{k}-{n}.mpk")))
+            .filter(|p| !decodes(p))
+            .map(|p| p.display().to_string())
+            .collect();
+        if !broken.is_empty() {
+            println!(
+                "epoch {n}'s checkpoint is incomplete or missing ({}): trying the one before",
+                broken.join(", ")
+            );
+        }
+        broken.is_empty()
     })
-    .max()
 }
 
-/// The last epoch's mean training accuracy from Burn's metric log.
+/// Whether a MessagePack file holds one complete value.
+fn decodes(path: &Path) -> bool {
+    std::fs::read(path)
+        .is_ok_and(|bytes| rmp_serde::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok())
+}
+
+/// The last epoch's mean training accuracy from Burn's metric log, for the
+/// run of seed folder `dir` (Burn writes `<learner dir>/train/epoch-N/`, and
+/// the learner dir is `dir/train`).
 pub fn last_train_accuracy(dir: &Path, epoch: usize) -> Option<f64> {
-    let text =
-        std::fs::read_to_string(dir.join(format!("train/epoch-{epoch}/Accuracy.log"))).ok()?;
-    let vals: Vec<f64> = text
+    let log = dir.join(format!("train/train/epoch-{epoch}/Accuracy.log"));
+    let text = std::fs::read_to_string(log).ok()?;
+    // One `value,batch size` line per batch; the epoch's figure weights
+    // each batch by its size, as Burn's epoch value does.
+    let (sum, n) = text
         .lines()
-        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
-        .collect();
-    (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+        .filter_map(|l| {
+            let (v, n) = l.split_once(',')?;
+            Some((v.trim().parse::<f64>().ok()?, n.trim().parse::<f64>().ok()?))
+        })
+        .fold((0.0, 0.0), |(s, t), (v, n)| (s + v * n, t + n));
+    (n > 0.0).then(|| sum / n)
 }
 
 /// PyTorch's Adam (`torch.optim.Adam`): betas 0.9/0.999, the config's eps,
@@ -164,7 +193,8 @@ impl Fit<'_> {
         };
         if let Some(n) = resume_from {
             println!(
-                "seed {seed}: resuming after epoch {n} ({})",
+                "{} seed {seed}: resuming after epoch {n} ({})",
+                cfg.method,
                 ckpt_dir.display()
             );
         }
@@ -268,7 +298,7 @@ impl Fit<'_> {
             training = training.checkpoint(n);
         }
         let result = training
-            .renderer(EpochLines::new(format!("seed {seed}")))
+            .renderer(EpochLines::new(format!("{} seed {seed}", cfg.method)))
             .launch(Learner::new(trainee, optim, sched));
         if interrupter.should_stop() {
             return Err(Error::Interrupted {
@@ -294,7 +324,10 @@ impl Fit<'_> {
                     path: path.with_extension("mpk"),
                     msg: format!("cannot load the best validation epoch's weights: {e}"),
                 })?;
-            println!("seed {seed}: kept epoch {epoch}'s weights (best validation accuracy {accuracy:.2} %)");
+            println!(
+                "{} seed {seed}: kept epoch {epoch}'s weights (best validation accuracy {accuracy:.2} %)",
+                cfg.method
+            );
         }
         Ok(model)
     }

@@ -17,6 +17,10 @@ pub struct EpochLines {
     label: String,
     names: HashMap<MetricId, String>,
     train: Vec<(String, String)>,
+    /// `train` as of the last batch rendered: Burn hands the renderer a new
+    /// epoch's first metrics before it renders that batch, so the finished
+    /// epoch's line is printed from this copy.
+    train_rendered: Vec<(String, String)>,
     valid: Vec<(String, String)>,
     epoch: Option<usize>,
     epochs: usize,
@@ -32,6 +36,7 @@ impl EpochLines {
             label: label.into(),
             names: HashMap::new(),
             train: Vec::new(),
+            train_rendered: Vec::new(),
             valid: Vec::new(),
             epoch: None,
             epochs: 0,
@@ -80,11 +85,13 @@ impl EpochLines {
         )
     }
 
+    /// Prints the training line of the epoch being rendered, from the
+    /// metrics as of its last batch.
     fn flush_train(&mut self) {
         if !self.train_printed && self.epoch.is_some() {
             let secs = self.started.elapsed().as_secs_f64().max(1e-9);
             let extra = format!(", {:.1} images/s", self.items as f64 / secs);
-            println!("{}", self.line("train", &self.train, &extra));
+            println!("{}", self.line("train", &self.train_rendered, &extra));
             self.train_printed = true;
         }
     }
@@ -110,6 +117,7 @@ impl MetricsRendererTraining for EpochLines {
         let epoch = item.global_progress.items_processed;
         self.epochs = item.global_progress.items_total;
         if self.epoch != Some(epoch) {
+            // `train` already holds the new epoch's first batch.
             self.flush_train();
             self.flush_valid();
             self.epoch = Some(epoch);
@@ -120,6 +128,7 @@ impl MetricsRendererTraining for EpochLines {
         if let Some(p) = item.progress {
             self.items = p.items_processed;
         }
+        self.train_rendered = self.train.clone();
     }
 
     fn render_valid(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {

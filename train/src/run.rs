@@ -7,7 +7,7 @@
 use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::AutodiffBackend;
 
 use mmrl_data::dataset::{split_file, Source};
@@ -80,7 +80,8 @@ pub fn run<B: AutodiffBackend>(
                     msg: e.to_string(),
                 })?;
             println!(
-                "seed {seed}: done before, {}",
+                "{} seed {seed}: done before, {}",
+                cfg.method,
                 serde_json::to_string(&r).expect("results serialise")
             );
             dataset_name = name;
@@ -113,7 +114,8 @@ pub fn run<B: AutodiffBackend>(
         let r = registry::train_with::<B, _>(&cfg.method, job)??;
         split_file::write_json_atomic(&done, &serde_json::json!([dataset_name, r]))?;
         println!(
-            "seed {seed}: {}",
+            "{} seed {seed}: {}",
+            cfg.method,
             serde_json::to_string(&r).expect("results serialise")
         );
         results.push(r);
@@ -122,6 +124,9 @@ pub fn run<B: AutodiffBackend>(
     write_results(&paths.output, &report)?;
     Ok(report)
 }
+
+/// Held while a seed's initialisation is drawn (see `SeedJob::visit`).
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One seed of a run, for whichever method the registry hands it.
 struct SeedJob<'a, B: AutodiffBackend> {
@@ -167,11 +172,18 @@ impl<B: AutodiffBackend> TrainVisitor<B> for SeedJob<'_, B> {
             &train.classes,
             &template,
         )?;
-        B::seed(self.device, seed);
-        let fresh = Inner::<M, B>::init(&config, self.clip.clone(), &prompts, &inner_device)?;
+        // The backend's random generator is global: seeding it and drawing
+        // the initialisation (lazily initialised parameters included, which
+        // `no_grad` draws by visiting every parameter) hold a lock, so runs
+        // on other threads (the demo's) cannot interleave their draws.
+        let fresh = {
+            let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+            B::seed(self.device, seed);
+            Inner::<M, B>::init(&config, self.clip.clone(), &prompts, &inner_device)?.no_grad()
+        };
         let (mut model, train_accuracy) = if fresh.num_trainable_params() > 0 {
             println!(
-                "seed {seed}: {}: {} trainable parameters",
+                "{} seed {seed}: {} trainable parameters",
                 cfg.method,
                 fresh.num_trainable_params()
             );
