@@ -271,6 +271,15 @@ mod tests {
     type B = burn::backend::Autodiff<burn::backend::Flex>;
     type Inner = burn::backend::Flex;
 
+    /// A module's weights as JSON, through its record: equal strings mean
+    /// bit-identical weights.
+    fn weights<M: Module<Inner>>(m: M) -> String {
+        let item = burn::record::Record::<Inner>::into_item::<burn::record::FullPrecisionSettings>(
+            m.into_record(),
+        );
+        serde_json::to_string(&item).unwrap()
+    }
+
     fn tiny_clip(device: &burn::tensor::Device<B>) -> Clip<Inner> {
         let mut c = ClipConfig::small(8, 2, 1, 8, 4);
         c.text_config.vocab_size = 20;
@@ -345,14 +354,8 @@ mod tests {
             .into_data();
         assert_ne!(r0, r1, "R is trained");
         // The frozen CLIP is bit-identical: compare every weight through its record.
-        let json = |c: Clip<Inner>| {
-            let item = burn::record::Record::<Inner>::into_item::<
-                burn::record::FullPrecisionSettings,
-            >(c.into_record());
-            serde_json::to_string(&item).unwrap()
-        };
         let after = trainee.model.clip.0.valid();
-        assert!(json(before) == json(after), "CLIP changed");
+        assert!(weights(before) == weights(after), "CLIP changed");
         assert_eq!(
             Module::num_params(&trainee),
             trainee.model.num_trainable_params()
@@ -381,5 +384,99 @@ mod tests {
             .into_scalar()
             .elem::<f64>();
         assert!((metric.value().current() - want).abs() < 1e-12);
+    }
+
+    /// COMMA through the trainer's step with AdamW (weight decay on): the
+    /// loss falls; the context, `proj` and the deep text prompts are
+    /// trained; CLIP stays bit-identical; the vision-prompt generators stay
+    /// bit-identical too unless `train_generators` (the reference's `.data`
+    /// cut: they never receive a gradient, so even weight decay leaves them).
+    fn train_comma(train_generators: bool) -> (Vec<f32>, [bool; 4]) {
+        use mmrl_model::methods::comma::{Comma, CommaConfig};
+        let device = Default::default();
+        B::seed(&device, 5);
+        let cfg = CommaConfig {
+            prompt_depth: 2,
+            train_generators,
+            ..CommaConfig::default()
+        };
+        let clip = tiny_clip(&device).no_grad();
+        let before = clip.clone();
+        // Three classes: the learned prompts [SOS, c, c, name, EOT], then
+        // the KP target's template prompts [SOS, t, name, EOT, pad].
+        let prompts = ClassPrompts {
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            ids: vec![
+                18, 10, 11, 2, 19, 18, 10, 11, 3, 19, 18, 10, 11, 4, 19, //
+                18, 12, 2, 19, 0, 18, 12, 3, 19, 0, 18, 12, 4, 19, 0,
+            ],
+            seq: 5,
+            eot: vec![4, 4, 4, 3, 3, 3],
+            name_lens: vec![1, 1, 1],
+        };
+        // `no_grad` draws the lazily initialised parameters (the generators'
+        // Linear layers), so the copy below holds their values.
+        let inner = <Comma<Inner> as Method<Inner>>::init(&cfg, clip, &prompts, &device)
+            .unwrap()
+            .no_grad();
+        assert_eq!(inner.depth(), 2);
+        let start = inner.prompt_learner.clone();
+        let mut trainee = Trainee::<B, Comma<B>>::new(trainable(inner));
+        let batch = ImageBatch {
+            images: Tensor::<B, 4>::random(
+                [6, 3, 8, 8],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            ),
+            labels: Tensor::<B, 1, Int>::from_data(
+                TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [6]),
+                &device,
+            ),
+            indices: (0..6).collect(),
+        };
+        let mut optim = AdamWConfig::new().with_weight_decay(5e-4).init();
+        let mut losses = Vec::new();
+        for _ in 0..30 {
+            let out = TrainStep::step(&trainee, batch.clone());
+            let item = out.item.sync();
+            losses.push(item.loss.into_scalar().elem::<f32>());
+            assert_eq!(item.terms.expect("COMMA reports its terms").dims(), [2]);
+            trainee = optim.step(1e-2, trainee, out.grads);
+        }
+        let after = trainee.model.valid();
+        assert!(
+            weights(before) == weights(after.clip.0.clone()),
+            "CLIP changed"
+        );
+        let (a, b) = (&start, &after.prompt_learner);
+        let generators = |p: &mmrl_model::methods::comma::PromptLearner<Inner>| {
+            weights(p.compound_prompt_projections_image_base.clone())
+                + &weights(p.compound_prompt_projections_image.clone())
+        };
+        let changed = [
+            a.ctx.val().into_data() != b.ctx.val().into_data(),
+            weights(a.proj.clone()) != weights(b.proj.clone()),
+            a.compound_prompts_text.val().into_data() != b.compound_prompts_text.val().into_data(),
+            generators(a) != generators(b),
+        ];
+        (losses, changed)
+    }
+
+    #[test]
+    fn comma_trains_its_prompts_and_leaves_clip_and_the_generators_bit_identical() {
+        let (losses, changed) = train_comma(false);
+        assert!(losses[29] < losses[0] * 0.8, "loss falls: {losses:?}");
+        assert_eq!(
+            changed,
+            [true, true, true, false],
+            "ctx, proj, text prompts, generators"
+        );
+        // The paper's variant trains the generators as well.
+        let (_, changed) = train_comma(true);
+        assert_eq!(
+            changed,
+            [true, true, true, true],
+            "ctx, proj, text prompts, generators"
+        );
     }
 }
