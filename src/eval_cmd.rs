@@ -267,9 +267,11 @@ pub struct ReportArgs {
     pub json: bool,
 }
 
+/// The results.json of the runs in `dir` (a run folder, or folders holding
+/// them; a demo's output folder holds one run per method).
 fn find_results(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let f = dir.join("results.json");
-    if f.is_file() {
+    if f.is_file() && !dir.join(mmrl_train::demo::MARKER).is_file() {
         out.push(f);
         return Ok(());
     }

@@ -86,6 +86,21 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
     assert!(out
         .join("mm-adapter/seed2/mm-adapter.safetensors")
         .is_file());
+    // `mmrl report` on the demo's folder puts the five runs in one table,
+    // each with the mean the demo reports.
+    let o = mmrl(&["report", "--json", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let runs: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    let mut reported: Vec<&str> = runs.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    reported.sort();
+    assert_eq!(
+        reported,
+        ["coop", "comma", "mm-adapter", "mmrl", "zeroshot"]
+    );
+    for run in &runs {
+        let method = run["method"].as_str().unwrap();
+        assert_eq!(run["mean"]["hm"], r["methods"][method]["hm"], "{method}");
+    }
 
     // The cached CLIP is a standard Hugging Face folder: `mmrl zeroshot`
     // loads it and names a novel class it was never adapted to.
