@@ -4,7 +4,11 @@
 //! mmrl-bench --backend ndarray|flex|wgpu|cuda|cuda-bf16 [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
 //! mmrl-bench --what loader [--workers N] [--cache] [--images 256] [--epochs 3] [--dir DIR]
 //! mmrl-bench --what mmrl-step [--backend flex|ndarray|wgpu|cuda] [--batch 4] [--prompts 100] [--iters 3]
+//! mmrl-bench --what method-step --method NAME [--backend flex|ndarray|wgpu|cuda] [--batch 4] [--prompts 100] [--iters 3]
 //! ```
+//! `--what method-step` times one method (any registered name) as `mmrl
+//! train` runs it: its training step with an AdamW update and its scoring
+//! pass, with each phase's peak memory (see `method_step.rs`).
 //! `--what mmrl-step` times one MMRL training step (forward, loss, backward)
 //! with the frozen lower image layers run twice (as before the method
 //! interface) and once (as the trainer runs it now); `--prompts` is the
@@ -24,6 +28,7 @@ use burn::prelude::*;
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::{Clip, ClipConfig};
 
+mod method_step;
 mod mmrl_step;
 
 /// CIFAR-100 class names: realistic prompt lengths.
@@ -36,6 +41,7 @@ struct Args {
     batch: usize,
     prompts: usize,
     preset: String,
+    method: String,
     full_context: bool,
     workers: usize,
     cache: bool,
@@ -52,6 +58,7 @@ fn parse() -> Result<Args, String> {
         batch: 8,
         prompts: 100,
         preset: "ViT-B/16".into(),
+        method: "mmrl".into(),
         full_context: false,
         workers: 1,
         cache: false,
@@ -69,6 +76,7 @@ fn parse() -> Result<Args, String> {
             "--batch" => a.batch = val()?.parse().map_err(|e| format!("--batch: {e}"))?,
             "--prompts" => a.prompts = val()?.parse().map_err(|e| format!("--prompts: {e}"))?,
             "--preset" => a.preset = val()?,
+            "--method" => a.method = val()?,
             "--full-context" => a.full_context = true,
             "--workers" => a.workers = val()?.parse().map_err(|e| format!("--workers: {e}"))?,
             "--cache" => a.cache = true,
@@ -265,29 +273,40 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if args.what == "mmrl-step" {
-        let result = match args.backend.as_str() {
-            "flex" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::Flex>>(
-                &args,
-                Default::default(),
-            ),
-            "ndarray" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
-                &args,
-                Default::default(),
-            ),
-            #[cfg(feature = "wgpu")]
-            "wgpu" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
-                &args,
-                Default::default(),
-            ),
-            #[cfg(feature = "cuda")]
-            "cuda" => mmrl_step::run::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                &args,
-                Default::default(),
-            ),
-            other => Err(format!(
-                "mmrl-step runs on flex, ndarray, wgpu or cuda (when built in), not {other}"
-            )),
+    if args.what == "mmrl-step" || args.what == "method-step" {
+        /// Runs module `$m`'s `run` on the autodiff backend named by `--backend`.
+        macro_rules! on_autodiff {
+            ($m:ident) => {
+                match args.backend.as_str() {
+                    "flex" => $m::run::<burn::backend::Autodiff<burn::backend::Flex>>(
+                        &args,
+                        Default::default(),
+                    ),
+                    "ndarray" => $m::run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+                        &args,
+                        Default::default(),
+                    ),
+                    #[cfg(feature = "wgpu")]
+                    "wgpu" => $m::run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
+                        &args,
+                        Default::default(),
+                    ),
+                    #[cfg(feature = "cuda")]
+                    "cuda" => $m::run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                        &args,
+                        Default::default(),
+                    ),
+                    other => Err(format!(
+                        "{} runs on flex, ndarray, wgpu or cuda (when built in), not {other}",
+                        args.what
+                    )),
+                }
+            };
+        }
+        let result = if args.what == "mmrl-step" {
+            on_autodiff!(mmrl_step)
+        } else {
+            on_autodiff!(method_step)
         };
         if let Err(e) = result {
             eprintln!("error: {e}");
