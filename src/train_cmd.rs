@@ -20,9 +20,7 @@ use crate::cli::pick_tokenizer;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// The method: zeroshot, coop, mmrl (`mmrl methods`). Default: the
-    /// config's, else mmrl.
-    #[arg(long)]
+    #[arg(long, help = method_help())]
     pub method: Option<String>,
     /// oxford_pets, eurosat, imagenet, ... (`mmrl data list`), or folder / csv.
     #[arg(long)]
@@ -197,4 +195,12 @@ pub fn train_cmd<B: Backend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
         std::fs::read_to_string(output.join("results.md")).unwrap_or_default()
     );
     Ok(())
+}
+
+/// `--method`'s help, naming every registered method.
+fn method_help() -> String {
+    format!(
+        "The method: {} (`mmrl methods` describes them). Default: the config's, else mmrl",
+        mmrl_train::registry::names().join(", ")
+    )
 }
