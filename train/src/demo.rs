@@ -314,8 +314,8 @@ pub fn run_demo<B: AutodiffBackend>(
     // seeds its own initialisation (`run::run`), so the numbers are those
     // of one run after another.
     let order = [3, 2, 1, 0, 4];
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = workers.clamp(1, methods.len());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores.clamp(1, methods.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
     let outcomes: std::sync::Mutex<Vec<Option<Result<BaseNovel>>>> =
@@ -327,7 +327,12 @@ pub fn run_demo<B: AutodiffBackend>(
             let (device, world_dir, classnames, clip_dir) =
                 (device.clone(), &world_dir, &classnames, &clip_dir);
             let (next, failed, outcomes, methods) = (&next, &failed, &outcomes, &methods);
-            scope.spawn(move || loop {
+            // Each worker's parallel ops run on its own share of the cores
+            // (one core each on 2 cores), not on one pool all workers queue on.
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads((cores / workers).max(1))
+                .build();
+            let work = move || loop {
                 use std::sync::atomic::Ordering::SeqCst;
                 let Some(&i) = order.get(next.fetch_add(1, SeqCst)) else {
                     break;
@@ -368,6 +373,10 @@ pub fn run_demo<B: AutodiffBackend>(
                     });
                 failed.fetch_or(outcome.is_err(), SeqCst);
                 outcomes.lock().expect("no worker panics holding it")[i] = Some(outcome);
+            };
+            scope.spawn(move || match pool {
+                Ok(pool) if workers > 1 => pool.install(work),
+                _ => work(),
             });
         }
     });
