@@ -306,14 +306,14 @@ pub fn run_demo<B: AutodiffBackend>(
         ("comma", &cfg.comma),
         ("mm-adapter", &cfg.mm_adapter),
     ];
-    // Training these small models keeps about one core busy, so the runs
-    // share the cores: one worker per core, each taking the next method
-    // when free, costliest first (measured on 2 cores: COMMA 4.3 min,
-    // MMRL 1.9, CoOp 1.7, zero-shot 0.5, the Multi-Modal Adapter 0.4), so
-    // that the workers finish together. Each run has its own folder and
-    // seeds its own initialisation (`run::run`), so the numbers are those
-    // of one run after another.
-    let order = [3, 2, 1, 0, 4];
+    // The small models' ops are too small to keep every core busy, so the
+    // runs share the cores: one worker per core, each taking the next
+    // method when free, costliest first (measured on 2 cores, one thread
+    // each: COMMA 4.3 min, MMRL 3.8, CoOp 1.9, the Multi-Modal Adapter 0.4,
+    // zero-shot seconds), so that the workers finish close together. Each
+    // run has its own folder and seeds its own initialisation
+    // (`run::run`), so the numbers are those of one run after another.
+    let order = [3, 2, 1, 4, 0];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = cores.clamp(1, methods.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
