@@ -1,12 +1,14 @@
-//! The offline demo, shortened (`--quick`: smaller pictures, a smaller CLIP,
-//! shorter pretraining): a small CLIP pretrained on the generated world, then
-//! zero-shot CLIP, CoOp and MMRL base-to-novel over seeds 1, 2, 3. Asserts
-//! what the methods promise: zero-shot transfers to novel classes; MMRL
-//! gains on base without losing novel; MMRL's HM beats both.
+//! The offline demo, shortened (`--quick`: the same world, CLIP and schedules,
+//! scored on fewer test pictures): a small CLIP pretrained on the generated
+//! world, then zero-shot CLIP, CoOp, MMRL, COMMA and the Multi-Modal Adapter
+//! base-to-novel over seeds 1, 2, 3. Asserts what the methods promise:
+//! zero-shot transfers to novel classes; MMRL gains on base without losing
+//! novel; MMRL's HM beats zero-shot's and CoOp's; COMMA and the adapter keep
+//! zero-shot's novel accuracy. And Ctrl-C during pretraining stops cleanly.
 
 mod common;
 
-use common::{assert_clean_failure, mmrl, TempDir};
+use common::{assert_clean_failure, mmrl, mmrl_command, TempDir};
 use serde_json::Value;
 
 fn num(v: &Value, path: &[&str]) -> f64 {
@@ -95,7 +97,7 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
     reported.sort();
     assert_eq!(
         reported,
-        ["coop", "comma", "mm-adapter", "mmrl", "zeroshot"]
+        ["comma", "coop", "mm-adapter", "mmrl", "zeroshot"]
     );
     for run in &runs {
         let method = run["method"].as_str().unwrap();
@@ -149,4 +151,72 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
         std::fs::read_to_string(other.join("notes.txt")).unwrap(),
         "keep me"
     );
+}
+
+/// Ctrl-C during the demo's pretraining stops it at the next batch (not
+/// after the minutes pretraining takes, nor only at a second Ctrl-C), says
+/// how to start over, and leaves nothing half-built in the cache.
+#[test]
+fn ctrl_c_during_pretraining_stops_cleanly() {
+    let tmp = TempDir::new("demo-sigint");
+    let out = tmp.path().join("out");
+    let cache = tmp.path().join("cache");
+    let mut child = mmrl_command(&[
+        "demo",
+        "--quick",
+        "--output",
+        out.to_str().unwrap(),
+        "--cache",
+        cache.to_str().unwrap(),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Pretraining has started once its folder holds Burn's log folder.
+    let building = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.to_string_lossy().contains(".building-"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    while !building().iter().any(|p| p.join("log").exists()) && start.elapsed().as_secs() < 120 {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the demo ended before pretraining: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!building().is_empty(), "pretraining started");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let signalled = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let stopped_in = signalled.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("stopping at the next batch")
+            && stderr.contains("the demo was interrupted")
+            && stderr.contains("run the same command again"),
+        "{stderr}"
+    );
+    // Pretraining takes minutes: a stop within seconds is the first signal's.
+    assert!(
+        stopped_in < 60.0,
+        "stopped {stopped_in:.1} s after the signal"
+    );
+    assert!(
+        building().is_empty(),
+        "a half-built CLIP is left in the cache"
+    );
+    assert!(!out.join("results.json").exists());
 }

@@ -568,9 +568,10 @@ fn strs(args: &[String]) -> Vec<&str> {
 /// The Multi-Modal Adapter through the same trainer with its recipe's
 /// optimiser (Adam, constant rate) and early stopping: the loss falls, the
 /// run stops `patience` epochs after its best validation epoch and keeps
-/// that epoch's weights, the checkpoint holds the adapter under the
-/// reference's names, `mmrl eval` reproduces the run's numbers and `mmrl
-/// predict` scores with it.
+/// that epoch's weights (also when interrupted after its best epoch and
+/// resumed), the checkpoint holds the adapter under the reference's names,
+/// `mmrl eval` reproduces the run's numbers and `mmrl predict` scores with
+/// it.
 #[test]
 fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
     let tmp = TempDir::new("train-mma");
@@ -606,6 +607,40 @@ fn mm_adapter_trains_stops_early_evaluates_and_predicts() {
     assert_eq!(ran, (kept + 2).min(12), "{stdout}");
     assert_eq!(stdout.matches(" train: ").count(), ran);
     assert_eq!(iteration_losses(&out).len(), ran * 3);
+    // Interrupted after the best epoch, then resumed: the early stopper
+    // remembers the best epoch (from Burn's validation logs), so the run
+    // stops where the uninterrupted one stopped, keeping the same weights.
+    assert!(
+        kept + 1 < ran,
+        "the best epoch ({kept}) leaves no epoch to interrupt after it ({ran} ran)"
+    );
+    let cut = tmp.path().join("cut");
+    let args = mm_adapter_args(&root, &cut, "12", &["--set", "patience=2"]);
+    let after = (kept + 1).to_string();
+    let mut first = strs(&args);
+    first.extend(["--interrupt-after-epoch", after.as_str()]);
+    assert_clean_failure(&mmrl(&first), &["interrupted", "--resume"]);
+    let mut again = strs(&args);
+    again.push("--resume");
+    let o = mmrl(&again);
+    let resumed = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{resumed}");
+    assert!(
+        resumed.contains(&format!("kept epoch {kept}'s weights")),
+        "{resumed}"
+    );
+    assert_eq!(
+        resumed.matches(" valid: ").count(),
+        ran - kept - 1,
+        "{resumed}"
+    );
+    let seeds = |d: &Path| -> Value {
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("results.json")).unwrap())
+                .unwrap();
+        r["seeds"].clone()
+    };
+    assert_eq!(seeds(&cut), seeds(&out));
     // Without early stopping, over 6 epochs, the loss falls.
     let long = tmp.path().join("long");
     let o = mmrl(&strs(&mm_adapter_args(

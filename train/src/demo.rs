@@ -196,7 +196,14 @@ pub fn cached_clip<B: AutodiffBackend>(
         std::fs::remove_dir_all(&building).map_err(|e| mmrl_data::Error::io(&building, e))?;
     }
     std::fs::create_dir_all(&building).map_err(|e| mmrl_data::Error::io(&building, e))?;
-    let clip = pretrain::<B>(cfg, tokenizer, &building.join("log"), device)?;
+    let clip = match pretrain::<B>(cfg, tokenizer, &building.join("log"), device) {
+        Ok(clip) => clip,
+        Err(e) => {
+            // Nothing half-built stays in the cache.
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(e);
+        }
+    };
     save_hf(&clip, &cfg.clip, &building)?;
     let record = CacheRecord {
         world_version: WORLD_VERSION,
@@ -276,8 +283,22 @@ fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
 }
 
 /// Runs the whole demo; writes `output/results.json`, `output/world/` (the
-/// task's pictures) and one run folder per method.
+/// task's pictures) and one run folder per method. Ctrl-C stops it at the
+/// next batch with [`Error::DemoInterrupted`] (the demo has no `--resume`:
+/// run again, it starts over).
 pub fn run_demo<B: AutodiffBackend>(
+    cfg: &DemoConfig,
+    output: &Path,
+    cache_root: &Path,
+    device: &B::Device,
+) -> Result<DemoResults> {
+    demo_steps::<B>(cfg, output, cache_root, device).map_err(|e| match e {
+        Error::Interrupted { .. } => Error::DemoInterrupted,
+        e => e,
+    })
+}
+
+fn demo_steps<B: AutodiffBackend>(
     cfg: &DemoConfig,
     output: &Path,
     cache_root: &Path,

@@ -64,6 +64,10 @@ pub enum Error {
     PreviousRun { path: std::path::PathBuf },
     #[error("training in {path} was interrupted; run the same command with --resume to continue")]
     Interrupted { path: std::path::PathBuf },
+    #[error(
+        "the demo was interrupted; run the same command again to start it over (a CLIP whose pretraining finished stays cached and is reused)"
+    )]
+    DemoInterrupted,
     #[error("{path} is not a seed result ({msg}); delete it to rerun the seed")]
     BadSeedResult {
         path: std::path::PathBuf,

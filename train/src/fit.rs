@@ -95,10 +95,14 @@ fn decodes(path: &Path) -> bool {
 /// run of seed folder `dir` (Burn writes `<learner dir>/train/epoch-N/`, and
 /// the learner dir is `dir/train`).
 pub fn last_train_accuracy(dir: &Path, epoch: usize) -> Option<f64> {
-    let log = dir.join(format!("train/train/epoch-{epoch}/Accuracy.log"));
-    let text = std::fs::read_to_string(log).ok()?;
-    // One `value,batch size` line per batch; the epoch's figure weights
-    // each batch by its size, as Burn's epoch value does.
+    log_mean(&dir.join(format!("train/train/epoch-{epoch}/Accuracy.log")))
+}
+
+/// An epoch's value of one of Burn's metric logs (one `value,count` line
+/// per batch), computed as Burn's metric store computes it: each batch
+/// weighted by its count.
+fn log_mean(path: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(path).ok()?;
     let (sum, n) = text
         .lines()
         .filter_map(|l| {
@@ -280,7 +284,11 @@ impl Fit<'_> {
             .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
             .num_epochs(cfg.epochs)
             .with_application_logger(None);
-        let best = BestValidation::default();
+        // On resume the early stopper continues from the epochs already run.
+        let best = match resume_from {
+            Some(n) => BestValidation::restored(&dir.join("train"), &ckpt_dir, n),
+            None => BestValidation::default(),
+        };
         training = if cfg.patience > 0 {
             training
                 .with_checkpointing_strategy(best.clone())
@@ -382,6 +390,28 @@ impl BestValidation {
     fn best(&self) -> Option<(usize, f64)> {
         self.lock().best
     }
+
+    /// The state after epochs `1..=epoch` of an interrupted run (for
+    /// `--resume`): each epoch scored from Burn's validation log in
+    /// `learner_dir`, the value its metric store computed from the same
+    /// file, and the checkpoints still in `ckpt_dir`.
+    fn restored(learner_dir: &Path, ckpt_dir: &Path, epoch: usize) -> Self {
+        let mut state = BestState::default();
+        for e in 1..=epoch {
+            let log = learner_dir.join(format!("valid/epoch-{e}/Accuracy.log"));
+            if let Some(acc) = log_mean(&log) {
+                if state.best.is_none_or(|(_, b)| acc > b) {
+                    state.best = Some((e, acc));
+                }
+            }
+            if ckpt_dir.join(format!("model-{e}.mpk")).exists() {
+                state.saved.push(e);
+            }
+        }
+        BestValidation {
+            state: Arc::new(std::sync::Mutex::new(state)),
+        }
+    }
 }
 
 impl CheckpointingStrategy for BestValidation {
@@ -420,12 +450,12 @@ impl EarlyStoppingStrategy for EarlyStop {
 
 /// Turns a SIGINT/SIGTERM ([`crate::signals`]) into a stop of Burn's
 /// Learner at the next batch, while a seed trains.
-struct SignalWatch {
+pub(crate) struct SignalWatch {
     done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SignalWatch {
-    fn start(interrupter: burn::train::Interrupter) -> SignalWatch {
+    pub(crate) fn start(interrupter: burn::train::Interrupter) -> SignalWatch {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = done.clone();
         std::thread::spawn(move || {

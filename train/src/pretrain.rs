@@ -359,13 +359,20 @@ pub fn pretrain<B: AutodiffBackend>(
         total: cfg.epochs * cfg.steps_per_epoch,
         step: 0,
     };
+    // Ctrl-C stops at the next batch, as in training runs.
+    let interrupter = burn::train::Interrupter::new();
+    let _watch = crate::fit::SignalWatch::start(interrupter.clone());
     let result = SupervisedTraining::new(dir, Arc::new(train), Arc::new(valid))
+        .with_interrupter(interrupter.clone())
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .num_epochs(cfg.epochs)
         .with_application_logger(None)
         .renderer(EpochLines::new("pretrain"))
         .launch(Learner::new(model, optim, sched));
+    if interrupter.should_stop() {
+        return Err(Error::Interrupted { path: dir.into() });
+    }
     Ok(result.model.clip)
 }
 
