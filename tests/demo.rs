@@ -11,6 +11,12 @@ mod common;
 use common::{assert_clean_failure, mmrl, mmrl_command, TempDir};
 use serde_json::Value;
 
+/// `mmrl demo --quick` into `out`, caching its CLIP in `cache`.
+fn quick_demo<'a>(out: &'a std::path::Path, cache: &'a std::path::Path) -> [&'a str; 6] {
+    let s = |p: &'a std::path::Path| p.to_str().unwrap();
+    ["demo", "--quick", "--output", s(out), "--cache", s(cache)]
+}
+
 fn num(v: &Value, path: &[&str]) -> f64 {
     let mut x = v;
     for p in path {
@@ -25,14 +31,7 @@ fn quick_demo_shows_each_methods_base_novel_behaviour() {
     let tmp = TempDir::new("demo");
     let out = tmp.path().join("out");
     let cache = tmp.path().join("cache");
-    let args = [
-        "demo",
-        "--quick",
-        "--output",
-        out.to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-    ];
+    let args = quick_demo(&out, &cache);
     let o = mmrl(&args);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -161,18 +160,11 @@ fn ctrl_c_during_pretraining_stops_cleanly() {
     let tmp = TempDir::new("demo-sigint");
     let out = tmp.path().join("out");
     let cache = tmp.path().join("cache");
-    let mut child = mmrl_command(&[
-        "demo",
-        "--quick",
-        "--output",
-        out.to_str().unwrap(),
-        "--cache",
-        cache.to_str().unwrap(),
-    ])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = mmrl_command(&quick_demo(&out, &cache))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Pretraining has started once its folder holds Burn's log folder.
     let building = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(&cache)
