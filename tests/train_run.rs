@@ -830,40 +830,44 @@ fn cross_dataset_scores_each_target_with_its_own_classes() {
         make_one_class(&root.join("eurosat/2750").join(c));
     }
     let clip = clip_fixture("tiny_hf");
-    let out = tmp.path().join("cross");
-    let o = mmrl(&[
-        "train",
-        "--method",
-        "mmrl",
-        "--dataset",
-        "dtd",
-        "--root",
-        root.to_str().unwrap(),
-        "--clip",
-        clip.to_str().unwrap(),
-        "--protocol",
-        "cross",
-        "--shots",
-        "2",
-        "--seeds",
-        "1",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--set",
-        "targets=[\"eurosat\"]",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    let s = &r["seeds"][0];
-    for k in ["dtd", "eurosat", "average"] {
-        assert!(s[k].is_number(), "{k}: {s}");
+    // Every method that trains, under the same protocol code.
+    for method in ["mmrl", "comma", "mm-adapter"] {
+        let out = tmp.path().join(method);
+        let o = mmrl(&[
+            "train",
+            "--method",
+            method,
+            "--dataset",
+            "dtd",
+            "--root",
+            root.to_str().unwrap(),
+            "--clip",
+            clip.to_str().unwrap(),
+            "--protocol",
+            "cross",
+            "--shots",
+            "2",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--set",
+            "targets=[\"eurosat\"]",
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                .unwrap();
+        let s = &r["seeds"][0];
+        for k in ["dtd", "eurosat", "average"] {
+            assert!(s[k].is_number(), "{k}: {s}");
+        }
+        assert_eq!(s["average"], s["eurosat"]);
     }
-    assert_eq!(s["average"], s["eurosat"]);
     assert!(root.join("eurosat/split_zhou_EuroSAT.json").is_file());
 }
 
