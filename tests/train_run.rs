@@ -871,6 +871,102 @@ fn cross_dataset_scores_each_target_with_its_own_classes() {
     assert!(root.join("eurosat/split_zhou_EuroSAT.json").is_file());
 }
 
+/// Few-shot and domain generalisation, the two protocols the other tests do
+/// not train, for every method that trains: few-shot scores all classes of
+/// the dataset; domain generalisation trains on an ImageNet-layout source
+/// (`imagenet/images/{train,val}/<wnid>/`, `classnames.txt`) and scores
+/// ImageNet-Sketch's layout (`imagenet-sketch/images/<wnid>/`) with the
+/// class head.
+#[test]
+fn few_shot_and_domain_generalisation_train_every_method() {
+    let tmp = TempDir::new("train-fs-dg");
+    let root = tmp.path().join("data");
+    make_dataset(&root.join("folder"));
+    let wnids = ["n01440764", "n01443537", "n01484850"];
+    let names: String = wnids
+        .iter()
+        .zip(["tench", "goldfish", "great white shark"])
+        .map(|(w, n)| format!("{w} {n}\n"))
+        .collect();
+    for w in wnids {
+        for dir in [
+            "imagenet/images/train",
+            "imagenet/images/val",
+            "imagenet-sketch/images",
+        ] {
+            make_one_class(&root.join(dir).join(w));
+        }
+    }
+    std::fs::write(root.join("imagenet/classnames.txt"), &names).unwrap();
+    std::fs::write(root.join("imagenet-sketch/classnames.txt"), &names).unwrap();
+    let clip = clip_fixture("tiny_hf");
+    for method in ["mmrl", "comma", "mm-adapter"] {
+        for (protocol, dataset, data_root, keys) in [
+            ("fewshot", "folder", root.join("folder"), &["accuracy"][..]),
+            (
+                "dg",
+                "imagenet",
+                root.clone(),
+                &["imagenet", "imagenet_sketch", "average"][..],
+            ),
+        ] {
+            let out = tmp.path().join(format!("{method}-{protocol}"));
+            let o = mmrl(&[
+                "train",
+                "--method",
+                method,
+                "--dataset",
+                dataset,
+                "--root",
+                data_root.to_str().unwrap(),
+                "--clip",
+                clip.to_str().unwrap(),
+                "--protocol",
+                protocol,
+                "--shots",
+                "2",
+                "--seeds",
+                "1",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--set",
+                "targets=[\"imagenet_sketch\"]",
+                "--output",
+                out.to_str().unwrap(),
+            ]);
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                o.status.success(),
+                "{method} {protocol}: {stdout}\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                stdout.contains(&format!("{method} seed 1 epoch 1/1 train")),
+                "{method} {protocol}: {stdout}"
+            );
+            let r: Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
+                    .unwrap();
+            assert_eq!(r["protocol"], protocol, "{r}");
+            assert_eq!(r["method"], method, "{r}");
+            let s = &r["seeds"][0];
+            for k in keys {
+                let v = s[k]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{method} {protocol} {k}: {s}"));
+                assert!((0.0..=100.0).contains(&v), "{method} {protocol} {k}: {s}");
+            }
+            if protocol == "dg" {
+                assert_eq!(s["average"], s["imagenet_sketch"], "{s}");
+            }
+            let ckpt = out.join(format!("seed1/{method}.safetensors"));
+            assert!(ckpt.is_file(), "{}", ckpt.display());
+        }
+    }
+}
+
 fn make_one_class(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..6u32 {
