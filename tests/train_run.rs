@@ -37,6 +37,13 @@ fn make_dataset(root: &Path) {
 }
 
 fn train_with(root: &Path, out: &Path, seeds: &str, extra: &[&str]) -> std::process::Output {
+    let args = train_with_args(root, out, seeds, extra);
+    mmrl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The arguments of [`train_with`]: MMRL, base-to-novel, 2 shots, 3 epochs
+/// of batch 2 on the tiny CLIP.
+fn train_with_args(root: &Path, out: &Path, seeds: &str, extra: &[&str]) -> Vec<String> {
     let clip = clip_fixture("tiny_hf");
     let mut args = vec![
         "train",
@@ -64,7 +71,7 @@ fn train_with(root: &Path, out: &Path, seeds: &str, extra: &[&str]) -> std::proc
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    mmrl(&args)
+    args.into_iter().map(String::from).collect()
 }
 
 fn train(root: &Path, out: &Path, seeds: &str) -> Value {
@@ -818,6 +825,136 @@ fn ctrl_c_stops_cleanly_and_resume_gives_the_uninterrupted_numbers() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
     };
     assert_eq!(read(&out)["seeds"], read(&whole)["seeds"]);
+}
+
+/// A disk that fills up during training: the run stops with an error naming
+/// the file and "No space left on device" (no panic, in our code or Burn's
+/// writers), and once space is freed `--resume` finishes with the
+/// uninterrupted run's numbers. The disk is a small tmpfs mounted in a
+/// private mount namespace (`unshare`), sized from 2 to 12 pages (full while
+/// the run writes its config, draw and first metric logs) and at a quarter,
+/// half and three quarters of what the run writes (full while it writes a
+/// checkpoint); where the machine does not allow mounting one the test says
+/// so and passes.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_stops_cleanly_and_resume_gives_the_uninterrupted_numbers() {
+    let tmp = TempDir::new("train-full-disk");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    // `unshare -m` as root, `unshare -rm` (a user namespace) otherwise.
+    let probe = tmp.path().join("probe");
+    std::fs::create_dir_all(&probe).unwrap();
+    let unshare = [&["-m"][..], &["-r", "-m"][..]].into_iter().find(|flags| {
+        std::process::Command::new("unshare")
+            .args(*flags)
+            .args([
+                "sh",
+                "-c",
+                "mount -t tmpfs -o size=64k tmpfs \"$0\"",
+                probe.to_str().unwrap(),
+            ])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(unshare) = unshare else {
+        eprintln!("skipped: this machine does not allow mounting a small tmpfs (unshare -m / -rm)");
+        return;
+    };
+    let whole = tmp.path().join("whole");
+    let o = train_with(&root, &whole, "1", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // What the run leaves on disk, in 4 KiB pages as tmpfs counts them.
+    fn pages(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    pages(&e.path())
+                } else {
+                    m.len().div_ceil(4096)
+                }
+            })
+            .sum()
+    }
+    let footprint = pages(&whole);
+    assert!(footprint >= 8, "{footprint} pages");
+    let read = |path: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let sizes_kib = (1..=12u64)
+        .map(|p| 4 * p)
+        .chain((1..=3).map(|q| footprint * q));
+    let mut failed_files = Vec::new();
+    for kib in sizes_kib {
+        let case = tmp.path().join(format!("{kib}k"));
+        let mnt = case.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let out = mnt.join("run");
+        let cmd = common::mmrl_command(&[]);
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let mut run: Vec<String> = vec![quote(cmd.get_program().to_str().unwrap())];
+        run.extend(
+            train_with_args(&root, &out, "1", &[])
+                .iter()
+                .map(|a| quote(a)),
+        );
+        let run = run.join(" ");
+        let c = case.display();
+        let script = format!(
+            "mount -t tmpfs -o size={}k tmpfs {mnt} || exit 3\n\
+             {run} > {c}/first.out 2> {c}/first.err; echo $? > {c}/first.rc\n\
+             mount -o remount,size=256m {mnt} || exit 4\n\
+             {run} --resume > {c}/second.out 2> {c}/second.err; echo $? > {c}/second.rc\n\
+             cp {out}/results.json {c}/results.json || true\n",
+            kib,
+            mnt = quote(mnt.to_str().unwrap()),
+            out = quote(out.to_str().unwrap()),
+        );
+        let status = std::process::Command::new("unshare")
+            .args(unshare)
+            .args(["sh", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success(), "the namespace script failed: {script}");
+        let text = |name: &str| std::fs::read_to_string(case.join(name)).unwrap();
+        let (err, rc) = (text("first.err"), text("first.rc"));
+        assert_eq!(rc.trim(), "2", "{kib} KiB: {err}\n{}", text("first.out"));
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("No space left on device") && err.contains("cannot write /"),
+            "{kib} KiB: {err}"
+        );
+        let file = err
+            .split("cannot write ")
+            .nth(1)
+            .and_then(|t| t.split(':').next());
+        failed_files.push(file.unwrap_or_default().to_string());
+        let (err, rc) = (text("second.err"), text("second.rc"));
+        assert_eq!(
+            rc.trim(),
+            "0",
+            "{kib} KiB, resumed: {err}\n{}",
+            text("second.out")
+        );
+        assert_eq!(
+            read(&case.join("results.json"))["seeds"],
+            read(&whole.join("results.json"))["seeds"],
+            "{kib} KiB, resumed: {}",
+            text("second.out")
+        );
+    }
+    // Every kind of writer met the full disk: ours (the config, the draw),
+    // Burn's metric logs (which panicked before) and the checkpoints.
+    for kind in ["config.toml", "fewshot.json", ".log", ".mpk"] {
+        assert!(
+            failed_files.iter().any(|f| f.ends_with(kind)),
+            "no {kind} among {failed_files:?}"
+        );
+    }
 }
 
 #[test]

@@ -15,6 +15,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A file could not be written (a full disk, a folder that vanished,
+    /// permissions).
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A tokenizer file is not usable.
     #[error("{path}: not a usable CLIP tokenizer: {msg}")]
     Tokenizer { path: PathBuf, msg: String },

@@ -285,7 +285,7 @@ fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
 /// Runs the whole demo; writes `output/results.json`, `output/world/` (the
 /// task's pictures) and one run folder per method. Ctrl-C stops it at the
 /// next batch with [`Error::DemoInterrupted`] (the demo has no `--resume`:
-/// run again, it starts over).
+/// run again, it starts over); a failed write (a full disk) names the file.
 pub fn run_demo<B: AutodiffBackend>(
     cfg: &DemoConfig,
     output: &Path,
@@ -294,6 +294,8 @@ pub fn run_demo<B: AutodiffBackend>(
 ) -> Result<DemoResults> {
     demo_steps::<B>(cfg, output, cache_root, device).map_err(|e| match e {
         Error::Interrupted { .. } => Error::DemoInterrupted,
+        // The demo starts over rather than resuming: no `--resume` hint.
+        Error::WriteFailed { path, source } => mmrl_data::Error::Write { path, source }.into(),
         e => e,
     })
 }

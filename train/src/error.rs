@@ -62,6 +62,15 @@ pub enum Error {
         "{path} holds a previous run; pass --resume to continue it, or choose another --output"
     )]
     PreviousRun { path: std::path::PathBuf },
+    #[error(
+        "cannot write {path}: {source}; training stopped. Free space (or restore the folder \
+         or its permissions) and run the same command with --resume: it continues from the \
+         last complete epoch with the same numbers"
+    )]
+    WriteFailed {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("training in {path} was interrupted; run the same command with --resume to continue")]
     Interrupted { path: std::path::PathBuf },
     #[error(

@@ -14,7 +14,6 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{Adam, AdamConfig, AdamWConfig, SgdConfig};
 use burn::prelude::*;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy, KeepLastNCheckpoints};
 use burn::train::metric::store::{Aggregate, EventStoreClient, Split};
@@ -29,6 +28,7 @@ use mmrl_data::loader::{ImageBatch, ImageLoader, LoaderMode};
 use mmrl_data::preprocess::PreprocessConfig;
 
 use crate::config::{LrScheduler, OptimizerKind, TrainConfig};
+use crate::durable::{AtomicMpkRecorder, MetricFiles, WriteFailure};
 use crate::loss::MethodLoss;
 use crate::protocol::samples;
 use crate::renderer::EpochLines;
@@ -266,6 +266,9 @@ impl Fit<'_> {
             });
         let interrupter = burn::train::Interrupter::new();
         let _watch = SignalWatch::start(interrupter.clone());
+        // Burn's own log and checkpoint writers panic or tear files on a
+        // full disk; these stop the run with the failing file instead.
+        let failure = WriteFailure::new(interrupter.clone());
         if let Some(n) = self.interrupt_after_epoch {
             let remaining = n.saturating_sub(resume_from.unwrap_or(0));
             train_arc = Arc::new(StopAfter {
@@ -278,10 +281,11 @@ impl Fit<'_> {
             .with_interrupter(interrupter.clone())
             .metrics((AccuracyMetric::new(), LossMetric::new()))
             .metric_train_numeric(LearningRateMetric::new())
+            .with_metric_logger(MetricFiles::new(dir.join("train"), failure.clone()))
             // Full precision, so that a resumed run continues bit for bit;
             // the last two epochs are kept, and the best validation epoch
             // under early stopping.
-            .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+            .with_file_checkpointer(AtomicMpkRecorder::new(failure.clone()))
             .num_epochs(cfg.epochs)
             .with_application_logger(None);
         // On resume the early stopper continues from the epochs already run.
@@ -308,6 +312,21 @@ impl Fit<'_> {
         let result = training
             .renderer(EpochLines::new(format!("{} seed {seed}", cfg.method)))
             .launch(Learner::new(trainee, optim, sched));
+        if let Some(f) = failure.take() {
+            // An epoch whose metric log or checkpoint was cut runs again on
+            // resume: drop whatever checkpoint files it (or a later one) wrote.
+            if let Some(k) = f.epoch {
+                for e in k..=cfg.epochs {
+                    for kind in ["model", "optim", "scheduler"] {
+                        let _ = std::fs::remove_file(ckpt_dir.join(format!("{kind}-{e}.mpk")));
+                    }
+                }
+            }
+            return Err(Error::WriteFailed {
+                path: f.path,
+                source: f.source,
+            });
+        }
         if interrupter.should_stop() {
             return Err(Error::Interrupted {
                 path: dir.join("train"),
@@ -323,11 +342,7 @@ impl Fit<'_> {
         if let Some((epoch, accuracy)) = best.best() {
             let path = ckpt_dir.join(format!("model-{epoch}"));
             model = model
-                .load_file(
-                    &path,
-                    &NamedMpkFileRecorder::<FullPrecisionSettings>::new(),
-                    device,
-                )
+                .load_file(&path, &AtomicMpkRecorder::default(), device)
                 .map_err(|e| Error::LearnerCheckpoint {
                     path: path.with_extension("mpk"),
                     msg: format!("cannot load the best validation epoch's weights: {e}"),

@@ -6,13 +6,15 @@
 //! - [`config`]: run settings, recipes, `--set`.
 //! - [`protocol`]: what a protocol trains on and scores.
 //! - [`fit`]: one seed on Burn's Learner.
-//! - [`lock`]: one run per output folder.
+//! - [`lock`]: one run per output folder; [`durable`]: training's log and
+//!   checkpoint writers, failing cleanly.
 //! - [`run`]: a run over seeds; [`results`]: its tables; [`checkpoint`]:
 //!   self-describing checkpoints; [`eval`]: accuracy over a loader.
 
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod durable;
 pub mod error;
 pub mod eval;
 pub mod fit;

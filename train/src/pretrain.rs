@@ -28,6 +28,7 @@ use mmrl_model::clip::config::ClipConfig;
 use mmrl_model::clip::model::l2_normalize;
 use mmrl_model::clip::Clip;
 
+use crate::durable::{MetricFiles, WriteFailure};
 use crate::renderer::EpochLines;
 use crate::zeroshot::token_tensors;
 use crate::{Error, Result};
@@ -362,14 +363,22 @@ pub fn pretrain<B: AutodiffBackend>(
     // Ctrl-C stops at the next batch, as in training runs.
     let interrupter = burn::train::Interrupter::new();
     let _watch = crate::fit::SignalWatch::start(interrupter.clone());
+    let failure = WriteFailure::new(interrupter.clone());
     let result = SupervisedTraining::new(dir, Arc::new(train), Arc::new(valid))
         .with_interrupter(interrupter.clone())
+        .with_metric_logger(MetricFiles::new(dir, failure.clone()))
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .num_epochs(cfg.epochs)
         .with_application_logger(None)
         .renderer(EpochLines::new("pretrain"))
         .launch(Learner::new(model, optim, sched));
+    if let Some(f) = failure.take() {
+        return Err(Error::WriteFailed {
+            path: f.path,
+            source: f.source,
+        });
+    }
     if interrupter.should_stop() {
         return Err(Error::Interrupted { path: dir.into() });
     }

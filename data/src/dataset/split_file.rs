@@ -2,6 +2,7 @@
 //! which have the same shape: `{"train"|"val"|"test": [[relative_path,
 //! label, classname], ...]}` (CoOp's `datasets/oxford_pets.py`, `save_split`).
 
+use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
@@ -130,21 +131,39 @@ pub fn write_json_atomic(path: &Path, value: &Value) -> Result<()> {
 /// Writes bytes to `path` through a temporary file in the same folder and a
 /// rename, so a crash never leaves a half-written file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// Writes `path` through a temporary file in the same folder: `write` fills
+/// it, it is synced to disk and renamed over `path`. On failure (a full
+/// disk, a vanished folder) the temporary file is removed, since it would
+/// hold space, `path` is left as it was, and the error names the file.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Write { path, source }
+    };
+    let result = std::fs::create_dir_all(dir)
+        .map_err(err(dir))
+        .and_then(|()| std::fs::File::create(&tmp).map_err(err(&tmp)))
+        .and_then(|mut f| write(&mut f).and_then(|()| f.sync_all()).map_err(err(path)))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(err(path)));
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    }
+    result
 }
 
 /// Writes a split file.
