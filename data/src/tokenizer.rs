@@ -80,10 +80,19 @@ impl ClipTokenizer {
 
     /// From a Hugging Face `tokenizer.json` (e.g. the one in `openai/clip-vit-base-patch16`).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
             path: path.into(),
-            msg: e.to_string(),
+            source,
         })?;
+        let bad = |msg: String| Error::Tokenizer {
+            path: path.into(),
+            msg,
+        };
+        // The JSON's syntax first: the tokenizers crate panics on a syntax
+        // error inside the `decoder` object (its `expect("Helper")`).
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| bad(format!("not valid JSON ({e})")))?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| bad(e.to_string()))?;
         Self::wrap(inner, path)
     }
 
@@ -114,13 +123,23 @@ impl ClipTokenizer {
     }
 
     fn from_bpe_gz_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
+        // OpenAI's merges file is 1.6 MB uncompressed: a file that inflates
+        // past 64 MiB is refused before it fills the memory.
+        const MAX: u64 = 64 << 20;
         let mut text = String::new();
         flate2::read::GzDecoder::new(bytes)
+            .take(MAX + 1)
             .read_to_string(&mut text)
             .map_err(|e| Error::Tokenizer {
                 path: path.into(),
                 msg: format!("not a gzip-compressed UTF-8 merges file: {e}"),
             })?;
+        if text.len() as u64 > MAX {
+            return Err(Error::Tokenizer {
+                path: path.into(),
+                msg: format!("inflates past {MAX} bytes: not a merges file"),
+            });
+        }
         Self::from_merges_text(&text, path)
     }
 

@@ -149,6 +149,10 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
     let is_safetensors = n == 9 && magic[8] == b'{';
     let is_legacy_pickle = n >= 2 && magic[0] == 0x80 && !is_safetensors;
     let tensors: BTreeMap<String, TensorSnapshot> = if is_zip || is_legacy_pickle {
+        // Lengths the unpicklers would allocate before reading are checked
+        // first: a corrupt file must not make them ask for gigabytes.
+        super::pickle_scan::check_file(path)
+            .map_err(|e| bad(format!("not a readable PyTorch file ({e})")))?;
         if is_zip && is_torchscript(path) {
             return Err(bad(
                 TORCHSCRIPT_HINT.replace("{file}", &path.display().to_string())
@@ -228,7 +232,10 @@ fn read_strided<R: std::io::Read + std::io::Seek>(
     use std::io::Read;
     let dims = info.layout.dims();
     let strides = info.layout.stride();
-    let count: usize = dims.iter().product();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or("its shape overflows")?;
     let elem = match info.dtype {
         D::F32 => 4,
         D::F16 | D::BF16 => 2,
@@ -250,6 +257,14 @@ fn read_strided<R: std::io::Read + std::io::Seek>(
     };
     let bytes_needed = span.checked_mul(elem).ok_or("its layout overflows")?;
     let mut entry = zip.by_name(&info.path).map_err(|e| e.to_string())?;
+    // A view may repeat elements (stride 0), but not claim more than a
+    // generous multiple of its storage: no allocation of what a header says.
+    let stored = entry.size() / elem as u64;
+    if count as u64 > 64 * stored + 4096 {
+        return Err(format!(
+            "its shape claims {count} elements from a storage of {stored}: the file is corrupt"
+        ));
+    }
     let mut bytes = Vec::new();
     entry
         .by_ref()

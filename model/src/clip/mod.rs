@@ -8,6 +8,7 @@
 pub mod config;
 pub mod loader;
 pub mod model;
+pub mod pickle_scan;
 pub mod save;
 pub mod text;
 pub mod transformer;
