@@ -827,6 +827,67 @@ fn ctrl_c_stops_cleanly_and_resume_gives_the_uninterrupted_numbers() {
     assert_eq!(read(&out)["seeds"], read(&whole)["seeds"]);
 }
 
+/// A run killed (SIGKILL: no chance to clean up) at many moments, including
+/// while it writes checkpoints and logs, then resumed, finishes with the
+/// uninterrupted run's numbers every time: every file is complete or
+/// absent, the dead run's lock is taken over, and the resume starts after
+/// the last complete epoch.
+#[cfg(unix)]
+#[test]
+#[ignore = "fails (issue 16, open): after some kill points the resumed seed's scores are \
+            identical but its last-epoch training accuracy differs (50.0 vs 33.3: the \
+            epoch's Accuracy.log differs); run it with --include-ignored"]
+fn killed_at_any_moment_resume_gives_the_uninterrupted_numbers() {
+    let tmp = TempDir::new("train-kill");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let whole = tmp.path().join("whole");
+    let started = std::time::Instant::now();
+    let o = train_with(&root, &whole, "1", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |dir: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap()
+    };
+    // Kill points spread over the whole run, from its start to its end.
+    let run_ms = started.elapsed().as_millis() as u64;
+    let mut killed_mid_run = 0;
+    for i in 1..=8u64 {
+        let out = tmp.path().join(format!("kill{i}"));
+        let args = train_with_args(&root, &out, "1", &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = common::mmrl_command(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(run_ms * i / 9));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let mut resume = args.clone();
+        resume.push("--resume");
+        let o = mmrl(&resume);
+        assert!(
+            o.status.success(),
+            "killed at {}/9 of the run, resumed: {}\n{}",
+            i,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            read(&out)["seeds"],
+            read(&whole)["seeds"],
+            "killed at {i}/9"
+        );
+    }
+    assert!(
+        killed_mid_run >= 4,
+        "only {killed_mid_run} kills landed mid-run"
+    );
+}
+
 /// A disk that fills up during training: the run stops with an error naming
 /// the file and "No space left on device" (no panic, in our code or Burn's
 /// writers), and once space is freed `--resume` finishes with the

@@ -81,6 +81,7 @@ impl WriteFailure {
         }
     }
 
+    /// Whether a write has failed.
     pub fn failed(&self) -> bool {
         self.lock().is_some()
     }
@@ -133,13 +134,16 @@ impl<B: Backend> Recorder<B> for AtomicMpkRecorder {
         });
         match written {
             Ok(()) => Ok(()),
-            Err(mmrl_data::Error::Write { path, source }) => {
-                let msg = format!("cannot write {}: {source}", path.display());
+            Err(mmrl_data::Error::Write {
+                path: failed,
+                source,
+            }) => {
+                let msg = format!("cannot write {}: {source}", failed.display());
                 // `<kind>-<epoch>.mpk`: that epoch's checkpoint is incomplete.
                 let epoch = path
                     .file_stem()
                     .and_then(|s| s.to_str()?.rsplit('-').next()?.parse().ok());
-                self.failure.report(&path, source, epoch);
+                self.failure.report(&failed, source, epoch);
                 Err(RecorderError::Unknown(msg))
             }
             Err(e) => Err(RecorderError::Unknown(e.to_string())),
@@ -202,17 +206,34 @@ pub struct MetricFiles {
     definitions: HashMap<MetricId, MetricDefinition>,
     last_epoch: Option<usize>,
     failure: WriteFailure,
+    /// Disconnected when the logger is dropped (see [`Self::closed`]).
+    _open: std::sync::mpsc::Sender<()>,
 }
 
 impl MetricFiles {
-    pub fn new(dir: impl Into<PathBuf>, failure: WriteFailure) -> Self {
-        MetricFiles {
+    /// The logger, and what tells when it is done: Burn's metric store
+    /// writes on its own thread, which can still be writing the last lines
+    /// when the Learner returns; `recv` on the receiver returns once the
+    /// logger is dropped, every line written.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        failure: WriteFailure,
+    ) -> (Self, std::sync::mpsc::Receiver<()>) {
+        let (open, closed) = std::sync::mpsc::channel();
+        let logger = MetricFiles {
             dir: dir.into(),
             files: HashMap::new(),
             definitions: HashMap::new(),
             last_epoch: None,
             failure,
-        }
+            _open: open,
+        };
+        (logger, closed)
+    }
+
+    /// Waits (up to a minute) until the logger behind `closed` is dropped.
+    pub fn closed(closed: &std::sync::mpsc::Receiver<()>) {
+        let _ = closed.recv_timeout(std::time::Duration::from_secs(60));
     }
 
     fn path(&self, name: &str, epoch: usize, split: &Split) -> PathBuf {
@@ -345,7 +366,7 @@ mod tests {
             let failure = WriteFailure::new(interrupter.clone());
             let full = dir.join("full");
             std::fs::create_dir_all(&full).unwrap();
-            let mut logs = MetricFiles::new(&full, failure.clone());
+            let (mut logs, closed) = MetricFiles::new(&full, failure.clone());
             // A log file that cannot be written to.
             let log = full.join("train/epoch-1/Loss.log");
             std::fs::create_dir_all(log.parent().unwrap()).unwrap();
@@ -356,6 +377,8 @@ mod tests {
             assert_eq!((f.path, f.epoch), (log, Some(1)));
             assert_eq!(f.source.raw_os_error(), Some(libc::ENOSPC));
             assert!(interrupter.get_message().unwrap().contains("Loss.log"));
+            drop(logs);
+            MetricFiles::closed(&closed); // returns at once: the logger is gone
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

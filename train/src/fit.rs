@@ -52,11 +52,12 @@ pub struct Fit<'a> {
 }
 
 /// The last epoch whose model, optimizer and scheduler checkpoints all
-/// exist and decode to their end. Burn's checkpointer writes its files in
-/// place, so a run killed (or a disk filled) while it wrote leaves a file
-/// cut short: such an epoch is skipped with a notice, and the run resumes
-/// from the one before (the last two are kept).
-pub fn last_checkpoint(dir: &Path) -> Option<usize> {
+/// exist and decode to their end. Checkpoints are written atomically
+/// ([`crate::durable::AtomicMpkRecorder`]), but a run of an older version
+/// (Burn's recorder writes in place) or a copied folder can hold a file cut
+/// short: such an epoch is skipped with a notice, and the run resumes from
+/// the one before (the last two are kept).
+pub fn last_checkpoint(dir: &Path, logs_complete: impl Fn(usize) -> bool) -> Option<usize> {
     let rd = std::fs::read_dir(dir).ok()?;
     let mut epochs: Vec<usize> = rd
         .filter_map(|e| {
@@ -80,9 +81,34 @@ pub fn last_checkpoint(dir: &Path) -> Option<usize> {
                 "epoch {n}'s checkpoint is incomplete or missing ({}): trying the one before",
                 broken.join(", ")
             );
+            return false;
         }
-        broken.is_empty()
+        // Burn logs metrics on its event thread, which can trail the
+        // checkpoint: a run killed in between has a complete checkpoint and
+        // a cut log, from which the results would be computed.
+        if !logs_complete(*n) {
+            println!("epoch {n}'s metric logs are incomplete: resuming from the epoch before");
+            return false;
+        }
+        true
     })
+}
+
+/// Whether every metric log of an epoch (`<learner dir>/<split>/epoch-N/
+/// <metric>.log`, the loss at least) holds one line per batch.
+fn logs_complete(dir: &Path, batches: usize) -> bool {
+    let lines = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+            .ok()
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    lines(&dir.join("Loss.log")) == Some(batches)
+        && entries.filter_map(|e| e.ok()).all(|e| {
+            e.path().extension().is_none_or(|x| x != "log") || lines(&e.path()) == Some(batches)
+        })
 }
 
 /// Whether a MessagePack file holds one complete value.
@@ -190,18 +216,6 @@ impl Fit<'_> {
     {
         let (cfg, seed, dir) = (self.cfg, self.seed, self.dir);
         let ckpt_dir = dir.join("train").join("checkpoint");
-        let resume_from = if self.resume {
-            last_checkpoint(&ckpt_dir)
-        } else {
-            None
-        };
-        if let Some(n) = resume_from {
-            println!(
-                "{} seed {seed}: resuming after epoch {n} ({})",
-                cfg.method,
-                ckpt_dir.display()
-            );
-        }
         let train_loader = ImageLoader::<B>::new(
             samples(&self.data.train),
             if cfg.augment {
@@ -223,8 +237,7 @@ impl Fit<'_> {
             device.clone(),
         )
         .with_cache(cfg.cache_images)
-        .skip_bad_images(cfg.skip_bad_images)
-        .with_start_epoch(resume_from.unwrap_or(0) as u64);
+        .skip_bad_images(cfg.skip_bad_images);
         let iters = train_loader.batch_indices(0).len();
         let valid_loader = ImageLoader::<B::InnerBackend>::new(
             samples(&self.data.val),
@@ -236,6 +249,29 @@ impl Fit<'_> {
             device.clone(),
         )
         .skip_bad_images(cfg.skip_bad_images);
+        // Resume after the last epoch whose checkpoint and logs are whole:
+        // every training batch logged, and the validation pass when one ran.
+        let validates =
+            |e: usize| cfg.patience > 0 || (cfg.val_every > 0 && e.is_multiple_of(cfg.val_every));
+        let valid_batches = valid_loader.batch_indices(0).len();
+        let learner = dir.join("train");
+        let resume_from = if self.resume {
+            last_checkpoint(&ckpt_dir, |e| {
+                let logs = |split: &str| learner.join(format!("{split}/epoch-{e}"));
+                logs_complete(&logs("train"), iters)
+                    && (!validates(e) || logs_complete(&logs("valid"), valid_batches))
+            })
+        } else {
+            None
+        };
+        let train_loader = train_loader.with_start_epoch(resume_from.unwrap_or(0) as u64);
+        if let Some(n) = resume_from {
+            println!(
+                "{} seed {seed}: resuming after epoch {n} ({})",
+                cfg.method,
+                ckpt_dir.display()
+            );
+        }
         let sched = DasslSchedule {
             base_lr: cfg.lr,
             epochs: cfg.epochs,
@@ -269,6 +305,7 @@ impl Fit<'_> {
         // Burn's own log and checkpoint writers panic or tear files on a
         // full disk; these stop the run with the failing file instead.
         let failure = WriteFailure::new(interrupter.clone());
+        let (logger, logger_closed) = MetricFiles::new(dir.join("train"), failure.clone());
         if let Some(n) = self.interrupt_after_epoch {
             let remaining = n.saturating_sub(resume_from.unwrap_or(0));
             train_arc = Arc::new(StopAfter {
@@ -281,7 +318,7 @@ impl Fit<'_> {
             .with_interrupter(interrupter.clone())
             .metrics((AccuracyMetric::new(), LossMetric::new()))
             .metric_train_numeric(LearningRateMetric::new())
-            .with_metric_logger(MetricFiles::new(dir.join("train"), failure.clone()))
+            .with_metric_logger(logger)
             // Full precision, so that a resumed run continues bit for bit;
             // the last two epochs are kept, and the best validation epoch
             // under early stopping.
@@ -312,6 +349,8 @@ impl Fit<'_> {
         let result = training
             .renderer(EpochLines::new(format!("{} seed {seed}", cfg.method)))
             .launch(Learner::new(trainee, optim, sched));
+        // The results read the logs: wait for their last lines.
+        MetricFiles::closed(&logger_closed);
         if let Some(f) = failure.take() {
             // An epoch whose metric log or checkpoint was cut runs again on
             // resume: drop whatever checkpoint files it (or a later one) wrote.

@@ -364,15 +364,17 @@ pub fn pretrain<B: AutodiffBackend>(
     let interrupter = burn::train::Interrupter::new();
     let _watch = crate::fit::SignalWatch::start(interrupter.clone());
     let failure = WriteFailure::new(interrupter.clone());
+    let (logger, logger_closed) = MetricFiles::new(dir, failure.clone());
     let result = SupervisedTraining::new(dir, Arc::new(train), Arc::new(valid))
         .with_interrupter(interrupter.clone())
-        .with_metric_logger(MetricFiles::new(dir, failure.clone()))
+        .with_metric_logger(logger)
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .num_epochs(cfg.epochs)
         .with_application_logger(None)
         .renderer(EpochLines::new("pretrain"))
         .launch(Learner::new(model, optim, sched));
+    MetricFiles::closed(&logger_closed);
     if let Some(f) = failure.take() {
         return Err(Error::WriteFailed {
             path: f.path,

@@ -149,15 +149,15 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>> {
     let is_safetensors = n == 9 && magic[8] == b'{';
     let is_legacy_pickle = n >= 2 && magic[0] == 0x80 && !is_safetensors;
     let tensors: BTreeMap<String, TensorSnapshot> = if is_zip || is_legacy_pickle {
-        // Lengths the unpicklers would allocate before reading are checked
-        // first: a corrupt file must not make them ask for gigabytes.
-        super::pickle_scan::check_file(path)
-            .map_err(|e| bad(format!("not a readable PyTorch file ({e})")))?;
         if is_zip && is_torchscript(path) {
             return Err(bad(
                 TORCHSCRIPT_HINT.replace("{file}", &path.display().to_string())
             ));
         }
+        // Lengths the unpicklers would allocate before reading are checked
+        // first: a corrupt file must not make them ask for gigabytes.
+        super::pickle_scan::check_file(path)
+            .map_err(|e| bad(format!("not a readable PyTorch file ({e})")))?;
         // Checkpoints that pickle optimizer or scheduler objects next to the
         // weights (Dassl's) can fail burn-store's reader, or pass it with no
         // tensor found: read those with candle's lenient unpickler.

@@ -6,7 +6,7 @@
 //! opcode and any pickle without its STOP. It runs no code and allocates
 //! nothing the file claims.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// The most bytes of pickle read from one zip entry (a checkpoint's
@@ -17,24 +17,25 @@ const MAX_PICKLE: u64 = 256 << 20;
 /// Checks every `*.pkl` of a PyTorch zip checkpoint, or the leading pickles
 /// of a legacy (pre-1.6) file. `Err` says what is wrong.
 pub fn check_file(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    if bytes.starts_with(b"PK\x03\x04") {
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes[..]))
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    if n == 4 && magic == *b"PK\x03\x04" {
+        // The archive's directory and its pickles only: the tensor data
+        // (gigabytes for large CLIPs) is not read.
+        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| format!("not a readable zip archive: {e}"))?;
-        for i in 0..zip.len() {
-            let mut entry = zip.by_index(i).map_err(|e| format!("zip entry {i}: {e}"))?;
-            if !entry.name().ends_with(".pkl") {
-                continue;
-            }
-            let name = entry.name().to_string();
-            let mut pkl = Vec::new();
-            (&mut entry)
-                .take(MAX_PICKLE + 1)
-                .read_to_end(&mut pkl)
-                .map_err(|e| format!("{name}: {e}"))?;
-            if pkl.len() as u64 > MAX_PICKLE {
-                return Err(format!("{name} is larger than {MAX_PICKLE} bytes"));
-            }
+        let pickles: Vec<String> = zip
+            .file_names()
+            .filter(|n| n.ends_with(".pkl"))
+            .map(String::from)
+            .collect();
+        for name in pickles {
+            let mut entry = zip
+                .by_name(&name)
+                .map_err(|e| format!("zip entry {name}: {e}"))?;
+            let pkl = read_at_most(&mut entry).map_err(|e| format!("{name}: {e}"))?;
             let end = check(&pkl).map_err(|e| format!("{name}: {e}"))?;
             if end != pkl.len() {
                 return Err(format!(
@@ -46,13 +47,25 @@ pub fn check_file(path: &Path) -> Result<(), String> {
         Ok(())
     } else {
         // Legacy: the magic number, protocol, system info, the object and
-        // the storage keys, one pickle after the other, then raw storages.
+        // the storage keys, one pickle after the other at the start of the
+        // file, then the raw storages (not read here).
+        let head = read_at_most(&mut file)?;
         let mut at = 0;
         for _ in 0..5 {
-            at += check(&bytes[at..])?;
+            at += check(&head[at..])?;
         }
         Ok(())
     }
+}
+
+/// The first [`MAX_PICKLE`] + 1 bytes of `r`: pickles are far smaller, and
+/// the scan refuses a pickle that does not end within them.
+fn read_at_most(r: &mut impl Read) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    r.take(MAX_PICKLE + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// Walks one pickle; returns its length (up to and including STOP).
