@@ -830,13 +830,11 @@ fn ctrl_c_stops_cleanly_and_resume_gives_the_uninterrupted_numbers() {
 /// A run killed (SIGKILL: no chance to clean up) at many moments, including
 /// while it writes checkpoints and logs, then resumed, finishes with the
 /// uninterrupted run's numbers every time: every file is complete or
-/// absent, the dead run's lock is taken over, and the resume starts after
-/// the last complete epoch.
+/// absent, the dead run's lock is taken over, the resume starts after the
+/// last epoch whose checkpoint and logs are whole, and every epoch's log
+/// ends up as the uninterrupted run's.
 #[cfg(unix)]
 #[test]
-#[ignore = "fails (issue 16, open): after some kill points the resumed seed's scores are \
-            identical but its last-epoch training accuracy differs (50.0 vs 33.3: the \
-            epoch's Accuracy.log differs); run it with --include-ignored"]
 fn killed_at_any_moment_resume_gives_the_uninterrupted_numbers() {
     let tmp = TempDir::new("train-kill");
     let root = tmp.path().join("data");
@@ -881,6 +879,21 @@ fn killed_at_any_moment_resume_gives_the_uninterrupted_numbers() {
             read(&whole)["seeds"],
             "killed at {i}/9"
         );
+        // Every epoch's metric logs as the uninterrupted run's (Burn's
+        // store numbers a resumed run's first epoch 1: it overwrote epoch 1).
+        for epoch in 1..=3 {
+            let log = |dir: &Path| {
+                std::fs::read_to_string(
+                    dir.join(format!("seed1/train/train/epoch-{epoch}/Loss.log")),
+                )
+                .unwrap_or_default()
+            };
+            assert_eq!(
+                log(&out),
+                log(&whole),
+                "killed at {i}/9: epoch {epoch}'s log"
+            );
+        }
     }
     assert!(
         killed_mid_run >= 4,

@@ -208,6 +208,10 @@ pub struct MetricFiles {
     failure: WriteFailure,
     /// Disconnected when the logger is dropped (see [`Self::closed`]).
     _open: std::sync::mpsc::Sender<()>,
+    /// The epochs a resumed run starts after (see [`Self::resumed_after`]).
+    resumed_after: usize,
+    /// Splits whose first epoch summary has arrived.
+    summarised: std::collections::HashSet<String>,
 }
 
 impl MetricFiles {
@@ -227,8 +231,21 @@ impl MetricFiles {
             last_epoch: None,
             failure,
             _open: open,
+            resumed_after: 0,
+            summarised: Default::default(),
         };
         (logger, closed)
+    }
+
+    /// For a run resumed after epoch `n`. Burn's metric store numbers the
+    /// epochs of each split from 1 until its first epoch summary (which
+    /// carries the real number), so a resumed run's first epoch arrives as
+    /// epoch 1: written there, it overwrote epoch 1's logs and left its own
+    /// missing (the results and the early stopper read them). Until a
+    /// split's first summary its epochs are shifted by `n`.
+    pub fn resumed_after(mut self, n: usize) -> Self {
+        self.resumed_after = n;
+        self
     }
 
     /// Waits (up to a minute) until the logger behind `closed` is dropped.
@@ -270,6 +287,11 @@ impl MetricFiles {
 
 impl MetricLogger for MetricFiles {
     fn log(&mut self, update: MetricsUpdate, epoch: usize, split: &Split) {
+        let epoch = if self.summarised.contains(&split.to_string()) {
+            epoch
+        } else {
+            epoch + self.resumed_after
+        };
         if self.last_epoch != Some(epoch) {
             self.files.clear();
             self.last_epoch = Some(epoch);
@@ -311,7 +333,8 @@ impl MetricLogger for MetricFiles {
             .insert(definition.metric_id.clone(), definition);
     }
 
-    fn log_epoch_summary(&mut self, _summary: EpochSummary) {
+    fn log_epoch_summary(&mut self, summary: EpochSummary) {
+        self.summarised.insert(summary.split.to_string());
         self.files.clear();
     }
 }

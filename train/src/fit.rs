@@ -306,6 +306,7 @@ impl Fit<'_> {
         // full disk; these stop the run with the failing file instead.
         let failure = WriteFailure::new(interrupter.clone());
         let (logger, logger_closed) = MetricFiles::new(dir.join("train"), failure.clone());
+        let logger = logger.resumed_after(resume_from.unwrap_or(0));
         if let Some(n) = self.interrupt_after_epoch {
             let remaining = n.saturating_sub(resume_from.unwrap_or(0));
             train_arc = Arc::new(StopAfter {
