@@ -1031,6 +1031,45 @@ fn a_full_disk_stops_cleanly_and_resume_gives_the_uninterrupted_numbers() {
     }
 }
 
+/// One epoch of `method` under `protocol` on `dataset` (2 shots, seed 1,
+/// batch 4, the tiny CLIP) into `out`, with `targets` for the protocols
+/// that score other datasets.
+fn one_epoch(
+    method: &str,
+    protocol: &str,
+    dataset: &str,
+    root: &Path,
+    targets: &str,
+    out: &Path,
+) -> std::process::Output {
+    let clip = clip_fixture("tiny_hf");
+    mmrl(&[
+        "train",
+        "--method",
+        method,
+        "--dataset",
+        dataset,
+        "--root",
+        root.to_str().unwrap(),
+        "--clip",
+        clip.to_str().unwrap(),
+        "--protocol",
+        protocol,
+        "--shots",
+        "2",
+        "--seeds",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--set",
+        &format!("targets={targets}"),
+        "--output",
+        out.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn cross_dataset_scores_each_target_with_its_own_classes() {
     let tmp = TempDir::new("train-cross");
@@ -1040,35 +1079,10 @@ fn cross_dataset_scores_each_target_with_its_own_classes() {
     for c in ["Forest", "River", "SeaLake"] {
         make_one_class(&root.join("eurosat/2750").join(c));
     }
-    let clip = clip_fixture("tiny_hf");
     // Every method that trains, under the same protocol code.
     for method in ["mmrl", "comma", "mm-adapter"] {
         let out = tmp.path().join(method);
-        let o = mmrl(&[
-            "train",
-            "--method",
-            method,
-            "--dataset",
-            "dtd",
-            "--root",
-            root.to_str().unwrap(),
-            "--clip",
-            clip.to_str().unwrap(),
-            "--protocol",
-            "cross",
-            "--shots",
-            "2",
-            "--seeds",
-            "1",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-            "--set",
-            "targets=[\"eurosat\"]",
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let o = one_epoch(method, "cross", "dtd", &root, "[\"eurosat\"]", &out);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let r: Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap())
@@ -1110,7 +1124,6 @@ fn few_shot_and_domain_generalisation_train_every_method() {
     }
     std::fs::write(root.join("imagenet/classnames.txt"), &names).unwrap();
     std::fs::write(root.join("imagenet-sketch/classnames.txt"), &names).unwrap();
-    let clip = clip_fixture("tiny_hf");
     for method in ["mmrl", "comma", "mm-adapter"] {
         for (protocol, dataset, data_root, keys) in [
             ("fewshot", "folder", root.join("folder"), &["accuracy"][..]),
@@ -1122,31 +1135,8 @@ fn few_shot_and_domain_generalisation_train_every_method() {
             ),
         ] {
             let out = tmp.path().join(format!("{method}-{protocol}"));
-            let o = mmrl(&[
-                "train",
-                "--method",
-                method,
-                "--dataset",
-                dataset,
-                "--root",
-                data_root.to_str().unwrap(),
-                "--clip",
-                clip.to_str().unwrap(),
-                "--protocol",
-                protocol,
-                "--shots",
-                "2",
-                "--seeds",
-                "1",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--set",
-                "targets=[\"imagenet_sketch\"]",
-                "--output",
-                out.to_str().unwrap(),
-            ]);
+            let targets = "[\"imagenet_sketch\"]";
+            let o = one_epoch(method, protocol, dataset, &data_root, targets, &out);
             let stdout = String::from_utf8_lossy(&o.stdout);
             assert!(
                 o.status.success(),
