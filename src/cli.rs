@@ -16,6 +16,7 @@ use mmrl_train::registry::{self, MethodVisitor};
 use mmrl_train::zeroshot;
 
 use crate::backend::DeviceKind;
+use mmrl_model::ClipBackend;
 
 /// Few-shot adaptation of CLIP (MMRL, CoOp, zero-shot) on CPU, any GPU or CUDA.
 #[derive(Debug, Parser)]
@@ -229,7 +230,7 @@ pub fn pick_tokenizer(
 /// Preprocessing for a loaded CLIP, as its own ecosystem does it: a Hugging
 /// Face folder's `preprocessor_config.json` (or, for HF-named weights,
 /// transformers' defaults), else OpenAI's `clip.load` transform.
-pub fn preprocess_config<B: Backend>(
+pub fn preprocess_config<B: ClipBackend>(
     clip_path: &Path,
     loaded: &LoadedClip<B>,
 ) -> Result<PreprocessConfig> {
@@ -275,7 +276,7 @@ struct ImageResult {
 }
 
 /// Rows of a `[rows, cols]` tensor.
-fn rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
+fn rows<B: ClipBackend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
     let [_, cols] = t.dims();
     let v: Vec<f32> = t
         .into_data()
@@ -287,7 +288,7 @@ fn rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
 
 /// Preprocesses images in batches and hands each batch to `classify`, which
 /// returns the logits and any other named heads; collects the results.
-fn classify_images<B: Backend>(
+fn classify_images<B: ClipBackend>(
     images: &[PathBuf],
     pre: &PreprocessConfig,
     batch_size: usize,
@@ -352,7 +353,7 @@ struct Setup<B: Backend> {
     pre: PreprocessConfig,
 }
 
-fn setup<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> Result<Setup<B>> {
+fn setup<B: ClipBackend>(args: &ClassifyArgs, device: &B::Device) -> Result<Setup<B>> {
     let classes = read_classes(&args.classes, args.classes_file.as_deref())?;
     let images = collect_images(&args.images)?;
     let clip = load_clip::<B>(&args.clip, device)
@@ -368,7 +369,7 @@ fn setup<B: Backend>(args: &ClassifyArgs, device: &B::Device) -> Result<Setup<B>
     })
 }
 
-fn zeroshot_cmd<B: Backend>(args: &ZeroshotArgs, device: &B::Device) -> Result<()> {
+fn zeroshot_cmd<B: ClipBackend>(args: &ZeroshotArgs, device: &B::Device) -> Result<()> {
     let args = &args.common;
     let s = setup::<B>(args, device)?;
     let template = args
@@ -402,7 +403,7 @@ struct PredictJob<'a, B: Backend> {
     device: &'a B::Device,
 }
 
-impl<B: Backend> MethodVisitor<B> for PredictJob<'_, B> {
+impl<B: ClipBackend> MethodVisitor<B> for PredictJob<'_, B> {
     type Out = Result<()>;
 
     fn visit<M: Method<B>>(self) -> Result<()> {
@@ -449,7 +450,7 @@ impl<B: Backend> MethodVisitor<B> for PredictJob<'_, B> {
     }
 }
 
-fn predict_cmd<B: Backend>(args: &PredictArgs, device: &B::Device) -> Result<()> {
+fn predict_cmd<B: ClipBackend>(args: &PredictArgs, device: &B::Device) -> Result<()> {
     let common = &args.common;
     let header = read_header(&args.checkpoint, &common.clip)?;
     let method = crate::eval_cmd::checkpoint_method(

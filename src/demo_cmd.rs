@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::backend::Autodiff;
-use burn::prelude::*;
 use clap::Args;
 
 use mmrl_train::demo::{default_cache_root, run_demo, DemoConfig};
 
 use crate::backend::DeviceKind;
+use mmrl_model::ClipBackend;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -34,7 +34,7 @@ pub struct DemoArgs {
 
 /// Pretrains (or reuses) the small CLIP on `Autodiff<B>`, runs the three
 /// methods and prints the table.
-pub fn demo_cmd<B: Backend>(a: &DemoArgs, device: &B::Device) -> Result<()> {
+pub fn demo_cmd<B: ClipBackend>(a: &DemoArgs, device: &B::Device) -> Result<()> {
     let started = Instant::now();
     let cache = match &a.cache {
         Some(c) => c.clone(),

@@ -25,6 +25,7 @@ use mmrl_train::zeroshot::class_prompts;
 use crate::backend::DeviceKind;
 use crate::cli::pick_tokenizer;
 use crate::data_cmd::{DatasetArgs, SubsampleArg};
+use mmrl_model::ClipBackend;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -121,7 +122,7 @@ pub fn flag_or_recorded<T: PartialEq + std::fmt::Debug + Clone>(
 /// A method from a checkpoint (settings: the checkpoint's, then `sets`),
 /// set to a class set: what `eval` and `predict` both start from.
 #[allow(clippy::too_many_arguments)]
-pub fn load_for_classes<B: Backend, M: Method<B>>(
+pub fn load_for_classes<B: ClipBackend, M: Method<B>>(
     checkpoint: &Path,
     header: Option<&CheckpointHeader>,
     sets: &[String],
@@ -158,7 +159,7 @@ struct EvalJob<'a, B: Backend> {
     device: &'a B::Device,
 }
 
-impl<B: Backend> MethodVisitor<B> for EvalJob<'_, B> {
+impl<B: ClipBackend> MethodVisitor<B> for EvalJob<'_, B> {
     type Out = Result<Tally>;
 
     fn visit<M: Method<B>>(self) -> Result<Tally> {
@@ -180,7 +181,7 @@ impl<B: Backend> MethodVisitor<B> for EvalJob<'_, B> {
     }
 }
 
-pub fn eval_cmd<B: Backend>(a: &EvalArgs, device: &B::Device) -> Result<()> {
+pub fn eval_cmd<B: ClipBackend>(a: &EvalArgs, device: &B::Device) -> Result<()> {
     let header = read_header(&a.checkpoint, &a.clip)?;
     let method = checkpoint_method(a.method.as_deref(), header.as_ref(), &a.checkpoint, None)?;
     let shots = flag_or_recorded("shots", a.shots, header.as_ref().and_then(|h| h.shots), 16);

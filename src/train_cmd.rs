@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use burn::backend::Autodiff;
-use burn::prelude::*;
 use clap::Args;
 
 use mmrl_data::dataset::Source;
@@ -17,6 +16,7 @@ use mmrl_train::run::{self, RunPaths};
 
 use crate::backend::DeviceKind;
 use crate::cli::pick_tokenizer;
+use mmrl_model::ClipBackend;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -93,7 +93,7 @@ struct ResolveSettings<'a> {
     dataset: &'a str,
 }
 
-impl<B: Backend> MethodVisitor<B> for ResolveSettings<'_> {
+impl<B: ClipBackend> MethodVisitor<B> for ResolveSettings<'_> {
     type Out = mmrl_train::Result<()>;
     fn visit<M: Method<B>>(self) -> Self::Out {
         self.cfg
@@ -163,7 +163,7 @@ pub fn resolve_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
 }
 
 /// Trains on `Autodiff<B>`; frozen work and evaluation run on `B`.
-pub fn train_cmd<B: Backend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
+pub fn train_cmd<B: ClipBackend>(a: &TrainArgs, device: &B::Device) -> Result<()> {
     let (cfg, origin) = resolve_config(a)?;
     println!("# recipe: {origin}\n# resolved config\n{}", cfg.to_toml());
     if a.dry_run {

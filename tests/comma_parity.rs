@@ -7,6 +7,7 @@
 
 mod common;
 
+use mmrl_model::ClipBackend;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -34,7 +35,7 @@ fn json() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap()
 }
 
-fn clip<Bk: Backend>() -> Clip<Bk> {
+fn clip<Bk: ClipBackend>() -> Clip<Bk> {
     load_clip::<Bk>(&fixture("tiny_clip.safetensors"), &Default::default())
         .unwrap()
         .model
@@ -74,11 +75,11 @@ fn prompts() -> ClassPrompts {
     }
 }
 
-fn images<Bk: Backend>() -> Tensor<Bk, 4> {
+fn images<Bk: ClipBackend>() -> Tensor<Bk, 4> {
     images_at(&fixture("expected.safetensors"))
 }
 
-fn labels<Bk: Backend>() -> Tensor<Bk, 1, Int> {
+fn labels<Bk: ClipBackend>() -> Tensor<Bk, 1, Int> {
     labels_at(&fixture("expected.safetensors"))
 }
 
@@ -94,14 +95,14 @@ fn checkpoint() -> PathBuf {
     fixture("MultiModalPromptLearner/model.pth.tar-2")
 }
 
-fn load<Bk: Backend>() -> Comma<Bk> {
+fn load<Bk: ClipBackend>() -> Comma<Bk> {
     Comma::<Bk>::load(&config(), clip(), &checkpoint(), &Default::default())
         .unwrap()
         .set_classes(&prompts())
         .unwrap()
 }
 
-fn data<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+fn data<Bk: ClipBackend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 

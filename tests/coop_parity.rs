@@ -7,6 +7,7 @@
 
 mod common;
 
+use mmrl_model::ClipBackend;
 use std::path::PathBuf;
 
 use burn::backend::Autodiff;
@@ -52,7 +53,7 @@ fn classes() -> Vec<String> {
         .collect()
 }
 
-fn vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+fn vec<Bk: ClipBackend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 
@@ -63,7 +64,7 @@ fn check(name: &str, ours: &[f32], key: &str, tol: f32) -> f32 {
     d
 }
 
-fn clip<Bk: Backend>() -> Clip<Bk> {
+fn clip<Bk: ClipBackend>() -> Clip<Bk> {
     load_clip::<Bk>(
         &clip_fixture("tiny_openai.safetensors"),
         &Default::default(),
@@ -73,7 +74,7 @@ fn clip<Bk: Backend>() -> Clip<Bk> {
 }
 
 /// The fixture context of a case, in a model around the tiny CLIP.
-fn model<Bk: Backend>(case: &str, position: ClassTokenPosition) -> Coop<Bk> {
+fn model<Bk: ClipBackend>(case: &str, position: ClassTokenPosition) -> Coop<Bk> {
     let (values, shape) = expected(&format!("{case}.ctx"));
     let ctx = CoopContext::from_data(TensorData::new(values, shape), &Default::default()).unwrap();
     Coop::new(clip(), ctx, position)
@@ -81,7 +82,7 @@ fn model<Bk: Backend>(case: &str, position: ClassTokenPosition) -> Coop<Bk> {
 
 /// The class prompts for `config`, tokenised by our tokenizer, checked
 /// against the fixture's ids (`key`), optionally trimmed after the longest.
-fn prompts<Bk: Backend>(config: &CoopConfig, key: &str, trim: bool) -> CoopPrompts<Bk> {
+fn prompts<Bk: ClipBackend>(config: &CoopConfig, key: &str, trim: bool) -> CoopPrompts<Bk> {
     let tok = ClipTokenizer::from_file(&clip_fixture("tiny_hf/tokenizer.json")).unwrap();
     let classes = classes();
     let batch = tok.encode_batch(&config.prompts(&classes)).unwrap();
@@ -103,7 +104,7 @@ fn prompts<Bk: Backend>(config: &CoopConfig, key: &str, trim: bool) -> CoopPromp
     .unwrap()
 }
 
-fn case_prompts<Bk: Backend>(case: &str, model: &Coop<Bk>, trim: bool) -> CoopPrompts<Bk> {
+fn case_prompts<Bk: ClipBackend>(case: &str, model: &Coop<Bk>, trim: bool) -> CoopPrompts<Bk> {
     let config = CoopConfig {
         n_ctx: model.n_ctx(),
         ..CoopConfig::default()
@@ -119,11 +120,11 @@ fn case_prompts<Bk: Backend>(case: &str, model: &Coop<Bk>, trim: bool) -> CoopPr
     p
 }
 
-fn images<Bk: Backend>() -> Tensor<Bk, 4> {
+fn images<Bk: ClipBackend>() -> Tensor<Bk, 4> {
     images_at(&coop_fixture("expected.safetensors"))
 }
 
-fn labels<Bk: Backend>() -> Tensor<Bk, 1, Int> {
+fn labels<Bk: ClipBackend>() -> Tensor<Bk, 1, Int> {
     labels_at(&coop_fixture("expected.safetensors"))
 }
 

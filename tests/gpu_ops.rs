@@ -14,6 +14,7 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Int, TensorData};
+use mmrl_model::ClipBackend;
 
 type Cpu = mmrl::backend::Cpu;
 #[cfg(feature = "test-cuda")]
@@ -42,7 +43,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn t<X: Backend, const D: usize>(shape: [usize; D], seed: u64, d: &X::Device) -> Tensor<X, D> {
+fn t<X: ClipBackend, const D: usize>(shape: [usize; D], seed: u64, d: &X::Device) -> Tensor<X, D> {
     let n = shape.iter().product();
     Tensor::from_data(TensorData::new(values(n, seed), shape), d)
 }
@@ -88,7 +89,7 @@ const W: usize = 64;
 const C: usize = 5;
 
 /// CoOp's prompt: SOS, the shared context expanded over the classes, the rest.
-fn coop_prompt<X: Backend>(d: &X::Device) -> TensorData {
+fn coop_prompt<X: ClipBackend>(d: &X::Device) -> TensorData {
     let emb = t::<X, 3>([C, SEQ, W], 1, d);
     let ctx = t::<X, 2>([4, W], 2, d);
     let head = emb.clone().narrow(1, 0, 1);
@@ -98,7 +99,7 @@ fn coop_prompt<X: Backend>(d: &X::Device) -> TensorData {
 }
 
 /// The same with the context repeated instead of expanded.
-fn coop_prompt_repeat<X: Backend>(d: &X::Device) -> TensorData {
+fn coop_prompt_repeat<X: ClipBackend>(d: &X::Device) -> TensorData {
     let emb = t::<X, 3>([C, SEQ, W], 1, d);
     let ctx = t::<X, 2>([4, W], 2, d);
     let head = emb.clone().narrow(1, 0, 1);
@@ -108,7 +109,7 @@ fn coop_prompt_repeat<X: Backend>(d: &X::Device) -> TensorData {
 }
 
 /// Views only: narrow + cat, no expand.
-fn narrow_cat<X: Backend>(d: &X::Device) -> TensorData {
+fn narrow_cat<X: ClipBackend>(d: &X::Device) -> TensorData {
     let emb = t::<X, 3>([C, SEQ, W], 1, d);
     let a = emb.clone().narrow(1, 0, 1);
     let b = emb.clone().narrow(1, 3, 4);
@@ -117,7 +118,7 @@ fn narrow_cat<X: Backend>(d: &X::Device) -> TensorData {
 }
 
 /// An expanded tensor alone, materialised by an add.
-fn expand_add<X: Backend>(d: &X::Device) -> TensorData {
+fn expand_add<X: ClipBackend>(d: &X::Device) -> TensorData {
     let ctx = t::<X, 2>([4, W], 2, d)
         .unsqueeze_dim::<3>(0)
         .expand([C, 4, W]);
@@ -125,13 +126,13 @@ fn expand_add<X: Backend>(d: &X::Device) -> TensorData {
 }
 
 /// CLIP's positions cut to the prompt length, added over the batch.
-fn positions<X: Backend>(d: &X::Device) -> TensorData {
+fn positions<X: ClipBackend>(d: &X::Device) -> TensorData {
     let pos = t::<X, 2>([77, W], 4, d).narrow(0, 0, SEQ);
     (t::<X, 3>([C, SEQ, W], 5, d) + pos.unsqueeze_dim(0)).into_data()
 }
 
 /// CLIP's attention core with the causal mask on an odd length.
-fn attention<X: Backend>(d: &X::Device) -> TensorData {
+fn attention<X: ClipBackend>(d: &X::Device) -> TensorData {
     let (heads, hd) = (4, W / 4);
     let x = t::<X, 2>([C * SEQ, W], 6, d);
     let split = |t: Tensor<X, 2>| t.reshape([C, SEQ, heads, hd]).swap_dims(1, 2);
@@ -147,14 +148,14 @@ fn attention<X: Backend>(d: &X::Device) -> TensorData {
 }
 
 /// Matmuls on odd shapes, batched and transposed.
-fn matmul_odd<X: Backend>(d: &X::Device) -> TensorData {
+fn matmul_odd<X: ClipBackend>(d: &X::Device) -> TensorData {
     let a = t::<X, 3>([3, 13, 37], 10, d);
     let b = t::<X, 3>([3, 13, 37], 11, d);
     a.matmul(b.swap_dims(1, 2)).into_data()
 }
 
 /// The end-token rows (`gather_rows`).
-fn gather_rows<X: Backend>(d: &X::Device) -> TensorData {
+fn gather_rows<X: ClipBackend>(d: &X::Device) -> TensorData {
     let h = t::<X, 3>([C, SEQ, W], 12, d);
     let eot = Tensor::<X, 1, Int>::from_data(TensorData::new(vec![3i64, 12, 7, 0, 9], [C]), d);
     let idx = eot.reshape([C, 1, 1]).expand([C, 1, W]);
@@ -162,7 +163,7 @@ fn gather_rows<X: Backend>(d: &X::Device) -> TensorData {
 }
 
 /// MMRL's hook at a later layer: SOS, K new tokens, the rest after the old K.
-fn mmrl_replace<X: Backend>(d: &X::Device) -> TensorData {
+fn mmrl_replace<X: ClipBackend>(d: &X::Device) -> TensorData {
     let x = t::<X, 3>([C, SEQ, W], 13, d);
     let rep = t::<X, 2>([3, W], 14, d)
         .unsqueeze_dim::<3>(0)
@@ -177,7 +178,7 @@ fn mmrl_replace<X: Backend>(d: &X::Device) -> TensorData {
 }
 
 /// The gradient that reaches CoOp's context through expand and cat.
-fn coop_grad<X: Backend>(d: &X::Device) -> TensorData {
+fn coop_grad<X: ClipBackend>(d: &X::Device) -> TensorData {
     type A<X> = Autodiff<X>;
     let emb = t::<A<X>, 3>([C, SEQ, W], 1, d);
     let ctx = t::<A<X>, 2>([4, W], 2, d).require_grad();
@@ -219,7 +220,7 @@ fn the_methods_op_patterns_match_the_cpu() {
 
 /// CLIP's vision tower stage by stage (the model code itself), on a CLIP
 /// file: embeddings, `pre_layrnorm`, then each block's attention and output.
-fn vision_stages<X: Backend>(file: &str, d: &X::Device) -> Vec<(String, TensorData)> {
+fn vision_stages<X: ClipBackend>(file: &str, d: &X::Device) -> Vec<(String, TensorData)> {
     let clip = mmrl::model::clip::loader::load_clip::<X>(&common::repo().join(file), d)
         .unwrap()
         .model;

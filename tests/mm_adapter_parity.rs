@@ -8,6 +8,7 @@
 
 mod common;
 
+use mmrl_model::ClipBackend;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -40,7 +41,7 @@ fn json() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("expected.json")).unwrap()).unwrap()
 }
 
-fn clip<Bk: Backend>() -> Clip<Bk> {
+fn clip<Bk: ClipBackend>() -> Clip<Bk> {
     load_clip::<Bk>(
         &clip_fixture("tiny_openai.safetensors"),
         &Default::default(),
@@ -74,15 +75,15 @@ fn prompts() -> ClassPrompts {
     }
 }
 
-fn images<Bk: Backend>() -> Tensor<Bk, 4> {
+fn images<Bk: ClipBackend>() -> Tensor<Bk, 4> {
     images_at(&fixture("expected.safetensors"))
 }
 
-fn labels<Bk: Backend>() -> Tensor<Bk, 1, Int> {
+fn labels<Bk: ClipBackend>() -> Tensor<Bk, 1, Int> {
     labels_at(&fixture("expected.safetensors"))
 }
 
-fn load<Bk: Backend>(variant: &str) -> MmAdapter<Bk> {
+fn load<Bk: ClipBackend>(variant: &str) -> MmAdapter<Bk> {
     let path = fixture(&format!("{variant}/model_best.pth.tar"));
     MmAdapter::<Bk>::load(
         &MmAdapterConfig::default(),
@@ -95,7 +96,7 @@ fn load<Bk: Backend>(variant: &str) -> MmAdapter<Bk> {
     .unwrap()
 }
 
-fn data<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+fn data<Bk: ClipBackend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 

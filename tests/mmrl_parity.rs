@@ -18,6 +18,7 @@ use mmrl::model::methods::{ClassPrompts, Method};
 use mmrl::train::loss::MethodLoss;
 use mmrl::train::mmrl_loss::{mmrl_loss, MmrlLossWeights};
 use mmrl::train::zeroshot::{prompt, token_tensors};
+use mmrl_model::ClipBackend;
 
 const EXPECTED: &str = "expected.safetensors";
 const WEIGHTS: MmrlLossWeights = MmrlLossWeights {
@@ -34,7 +35,7 @@ fn config() -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-fn load<Bk: Backend>(checkpoint: &str) -> Mmrl<Bk> {
+fn load<Bk: ClipBackend>(checkpoint: &str) -> Mmrl<Bk> {
     let device = Default::default();
     let clip = load_clip::<Bk>(&mmrl_fixture("tiny_clip.safetensors"), &device)
         .unwrap()
@@ -42,7 +43,7 @@ fn load<Bk: Backend>(checkpoint: &str) -> Mmrl<Bk> {
     load_mmrl(&mmrl_fixture(checkpoint), clip, None, 0.7, &device).unwrap()
 }
 
-fn vec<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
+fn vec<Bk: ClipBackend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
 
@@ -60,7 +61,7 @@ struct Inputs<Bk: Backend> {
 }
 
 /// The inputs' token ids as the host-side class prompts `set_classes` takes.
-fn class_prompts<Bk: Backend>(x: &Inputs<Bk>) -> ClassPrompts {
+fn class_prompts<Bk: ClipBackend>(x: &Inputs<Bk>) -> ClassPrompts {
     let [rows, seq] = x.ids.dims();
     let host = |t: Tensor<Bk, 1, Int>| t.into_data().convert::<i64>().to_vec::<i64>().unwrap();
     ClassPrompts {
@@ -72,7 +73,7 @@ fn class_prompts<Bk: Backend>(x: &Inputs<Bk>) -> ClassPrompts {
     }
 }
 
-fn inputs<Bk: Backend>(trim: bool) -> Inputs<Bk> {
+fn inputs<Bk: ClipBackend>(trim: bool) -> Inputs<Bk> {
     let device = Default::default();
     let cfg = config();
     let tok = ClipTokenizer::from_file(&clip_fixture("tiny_hf/tokenizer.json")).unwrap();

@@ -27,6 +27,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::{Clip, ClipConfig};
+use mmrl_model::ClipBackend;
 
 mod method_step;
 mod mmrl_step;
@@ -112,7 +113,7 @@ fn time<F: FnMut()>(iters: usize, mut f: F) -> (f64, f64) {
     median_min(runs)
 }
 
-fn run<B: Backend>(args: &Args, device: B::Device) -> Result<(), String> {
+fn run<B: ClipBackend>(args: &Args, device: B::Device) -> Result<(), String> {
     let config =
         ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
     B::seed(&device, 0);
@@ -188,7 +189,7 @@ fn run<B: Backend>(args: &Args, device: B::Device) -> Result<(), String> {
 
 /// Where the image tower's time goes: each step of one block, timed alone on
 /// a `[batch, 197, 768]` input and multiplied by the depth.
-fn profile<B: Backend>(clip: &Clip<B>, batch: usize, device: &B::Device) {
+fn profile<B: ClipBackend>(clip: &Clip<B>, batch: usize, device: &B::Device) {
     use burn::tensor::activation::sigmoid;
     use burn::tensor::module::attention;
     use mmrl_model::clip::transformer::linear3;
@@ -215,7 +216,21 @@ fn profile<B: Backend>(clip: &Clip<B>, batch: usize, device: &B::Device) {
         let _ = layer.layer_norm1.forward(x.clone()).into_data();
         let _ = layer.layer_norm2.forward(x.clone()).into_data();
     });
-    t("q,k,v,out projections", &mut || {
+    t(
+        "q,k,v,out projections, burn Linear (matmul, then bias)",
+        &mut || {
+            let x2 = x.clone().reshape([batch * seq, width]);
+            for l in [
+                &layer.self_attn.q_proj,
+                &layer.self_attn.k_proj,
+                &layer.self_attn.v_proj,
+                &layer.self_attn.out_proj,
+            ] {
+                let _ = l.forward(x2.clone()).into_data();
+            }
+        },
+    );
+    t("q,k,v,out projections (kernels::fused_linear)", &mut || {
         for l in [
             &layer.self_attn.q_proj,
             &layer.self_attn.k_proj,
@@ -236,6 +251,13 @@ fn profile<B: Backend>(clip: &Clip<B>, batch: usize, device: &B::Device) {
         )
         .into_data();
     });
+    t(
+        "attention core, mmrl kernel (kernels::attention_core)",
+        &mut || {
+            let _ = mmrl_model::kernels::attention_core(q.clone(), q.clone(), q.clone(), false)
+                .into_data();
+        },
+    );
     t("attention core as matmul + softmax + matmul", &mut || {
         let scores = q
             .clone()
@@ -251,7 +273,10 @@ fn profile<B: Backend>(clip: &Clip<B>, batch: usize, device: &B::Device) {
         let h = linear3(&layer.mlp.fc1, x.clone());
         let _ = linear3(&layer.mlp.fc2, h).into_data();
     });
-    t("quick_gelu", &mut || {
+    t("quick_gelu, mmrl kernel (kernels::quick_gelu)", &mut || {
+        let _ = mmrl_model::kernels::quick_gelu(h.clone()).into_data();
+    });
+    t("quick_gelu composed", &mut || {
         let _ = (h.clone() * sigmoid(h.clone().mul_scalar(1.702))).into_data();
     });
     t("whole block", &mut || {

@@ -21,7 +21,6 @@ use std::path::Path;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, Optimizer};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::train::TrainStep;
 use mmrl_data::loader::ImageBatch;
 use mmrl_data::ClipTokenizer;
@@ -34,6 +33,7 @@ use mmrl_train::step::{trainable, Trainee};
 use mmrl_train::zeroshot::class_prompts;
 
 use super::{time, Args, CLASSES};
+use mmrl_model::ClipAutodiffBackend;
 
 /// Resets the resident-set high-water mark; false where the kernel refuses.
 fn reset_peak() -> bool {
@@ -48,17 +48,17 @@ fn peak_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-pub fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<(), String> {
+pub fn run<B: ClipAutodiffBackend>(args: &Args, device: B::Device) -> Result<(), String> {
     registry::train_with::<B, _>(&args.method, Bench::<B> { args, device })
         .map_err(|e| e.to_string())?
 }
 
-struct Bench<'a, B: AutodiffBackend> {
+struct Bench<'a, B: ClipAutodiffBackend> {
     args: &'a Args,
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> TrainVisitor<B> for Bench<'_, B> {
+impl<B: ClipAutodiffBackend> TrainVisitor<B> for Bench<'_, B> {
     type Out = Result<(), String>;
 
     fn visit<M>(self) -> Result<(), String>

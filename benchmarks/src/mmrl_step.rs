@@ -11,7 +11,6 @@
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::train::TrainStep;
 use mmrl_data::loader::ImageBatch;
 use mmrl_model::clip::{Clip, ClipConfig};
@@ -23,6 +22,7 @@ use mmrl_train::step::Trainee;
 use std::time::Instant;
 
 use super::{median_min, Args};
+use mmrl_model::ClipAutodiffBackend;
 
 /// Synthetic prompts: `[SOS, 8 tokens, EOT]` per class.
 fn prompts(classes: usize) -> ClassPrompts {
@@ -42,7 +42,7 @@ fn prompts(classes: usize) -> ClassPrompts {
     }
 }
 
-pub fn run<B: AutodiffBackend>(args: &Args, device: B::Device) -> Result<(), String> {
+pub fn run<B: ClipAutodiffBackend>(args: &Args, device: B::Device) -> Result<(), String> {
     let config =
         ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
     B::seed(&device, 0);

@@ -4,7 +4,9 @@
 pub mod clip;
 pub mod error;
 pub mod frozen;
+pub mod kernels;
 pub mod methods;
 
 pub use error::{Error, Result};
 pub use frozen::Frozen;
+pub use kernels::{ClipAutodiffBackend, ClipBackend};

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -23,6 +22,7 @@ use crate::config::{recipe_for, Protocol, TrainConfig};
 use crate::pretrain::{pretrain, PretrainConfig};
 use crate::run::{self, RunPaths};
 use crate::{Error, Result};
+use mmrl_model::ClipAutodiffBackend;
 
 /// Changes whenever the world's pictures or captions, CLIP's initialisation
 /// or the pretraining code change, so that a cached CLIP made by older code
@@ -171,7 +171,7 @@ pub fn cache_problem(dir: &Path, cfg: &PretrainConfig) -> Option<String> {
 /// The pretrained CLIP's folder: reused from `cache_root` when its record
 /// and hash check out, else pretrained now (into a temporary folder, moved
 /// into place when complete).
-pub fn cached_clip<B: AutodiffBackend>(
+pub fn cached_clip<B: ClipAutodiffBackend>(
     cfg: &PretrainConfig,
     cache_root: &Path,
     tokenizer: &ClipTokenizer,
@@ -286,7 +286,7 @@ fn claim_output(output: &Path, cfg: &DemoConfig) -> Result<()> {
 /// task's pictures) and one run folder per method. Ctrl-C stops it at the
 /// next batch with [`Error::DemoInterrupted`] (the demo has no `--resume`:
 /// run again, it starts over); a failed write (a full disk) names the file.
-pub fn run_demo<B: AutodiffBackend>(
+pub fn run_demo<B: ClipAutodiffBackend>(
     cfg: &DemoConfig,
     output: &Path,
     cache_root: &Path,
@@ -300,7 +300,7 @@ pub fn run_demo<B: AutodiffBackend>(
     })
 }
 
-fn demo_steps<B: AutodiffBackend>(
+fn demo_steps<B: ClipAutodiffBackend>(
     cfg: &DemoConfig,
     output: &Path,
     cache_root: &Path,

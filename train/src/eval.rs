@@ -5,6 +5,7 @@ use burn::prelude::*;
 use mmrl_data::loader::ImageLoader;
 
 use crate::Result;
+use mmrl_model::ClipBackend;
 
 /// Correct predictions and total over a loader.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -24,14 +25,14 @@ impl Tally {
     }
 }
 
-fn count_correct<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> usize {
+fn count_correct<B: ClipBackend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> usize {
     let pred = logits.argmax(1).squeeze_dim::<1>(1);
     pred.equal(labels).int().sum().into_scalar().elem::<i64>() as usize
 }
 
 /// Scores every batch of `loader` with `logits_of` (text features are
 /// computed once by the caller). Stops with the loader's error, if any.
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: ClipBackend>(
     loader: &ImageLoader<B>,
     mut logits_of: impl FnMut(Tensor<B, 4>) -> Tensor<B, 2>,
 ) -> Result<Tally> {

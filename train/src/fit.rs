@@ -14,7 +14,6 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{Adam, AdamConfig, AdamWConfig, SgdConfig};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy, KeepLastNCheckpoints};
 use burn::train::metric::store::{Aggregate, EventStoreClient, Split};
 use burn::train::metric::Metric;
@@ -35,6 +34,7 @@ use crate::renderer::EpochLines;
 use crate::schedule::DasslSchedule;
 use crate::step::{LossTermMetric, StepOutput, Trainee};
 use crate::{Error, Result};
+use mmrl_model::{ClipAutodiffBackend, ClipBackend};
 
 /// What Burn's Learner needs for one seed.
 pub struct Fit<'a> {
@@ -141,7 +141,7 @@ fn log_mean(path: &Path) -> Option<f64> {
 
 /// PyTorch's Adam (`torch.optim.Adam`): betas 0.9/0.999, the config's eps,
 /// `weight_decay` as an L2 term added to the gradient.
-pub fn adam<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub fn adam<B: ClipAutodiffBackend, M: AutodiffModule<B>>(
     cfg: &TrainConfig,
 ) -> OptimizerAdaptor<Adam, M, B> {
     AdamConfig::new()
@@ -160,7 +160,7 @@ impl Fit<'_> {
     /// backend.
     pub fn train<B, M>(&self, model: M, device: &B::Device) -> Result<M::InnerModule>
     where
-        B: AutodiffBackend,
+        B: ClipAutodiffBackend,
         M: MethodLoss<B> + AutodiffModule<B>,
         M::InnerModule: MethodLoss<B::InnerBackend>,
     {
@@ -203,7 +203,7 @@ impl Fit<'_> {
         device: &B::Device,
     ) -> Result<T::InnerModule>
     where
-        B: AutodiffBackend,
+        B: ClipAutodiffBackend,
         T: TrainStep<Input = ImageBatch<B>, Output = StepOutput<B>>
             + AutodiffModule<B>
             + std::fmt::Display
@@ -560,7 +560,7 @@ impl<O> DataLoaderIterator<O> for Empty<O> {
     }
 }
 
-impl<B: Backend, O: 'static> DataLoader<B, O> for EveryNth<B, O> {
+impl<B: ClipBackend, O: 'static> DataLoader<B, O> for EveryNth<B, O> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<O> + 'a> {
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         if self.every > 0 && epoch.is_multiple_of(self.every) {
@@ -603,7 +603,7 @@ struct StopAfter<B: Backend, O> {
     interrupter: burn::train::Interrupter,
 }
 
-impl<B: Backend, O: 'static> DataLoader<B, O> for StopAfter<B, O> {
+impl<B: ClipBackend, O: 'static> DataLoader<B, O> for StopAfter<B, O> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<O> + 'a> {
         if self.remaining.load(Ordering::SeqCst) == 0 {
             self.interrupter.stop(Some("interrupted for testing"));

@@ -13,6 +13,7 @@ use mmrl_model::methods::coop::Coop;
 use mmrl_model::methods::mm_adapter::MmAdapter;
 use mmrl_model::methods::zeroshot::ZeroShot;
 use mmrl_model::methods::Method;
+use mmrl_model::ClipBackend;
 
 /// One batch's loss.
 pub struct Loss<B: Backend> {
@@ -26,7 +27,7 @@ pub struct Loss<B: Backend> {
 }
 
 /// A method's training loss.
-pub trait MethodLoss<B: Backend>: Method<B> {
+pub trait MethodLoss<B: ClipBackend>: Method<B> {
     /// Names of the terms [`MethodLoss::loss`] reports besides the total
     /// (each becomes a metric in the epoch line and in the metric logs).
     const TERMS: &'static [&'static str] = &[];
@@ -42,14 +43,17 @@ pub trait MethodLoss<B: Backend>: Method<B> {
 ///
 /// # Shapes
 /// - `logits`: `[batch, classes]`, `labels`: `[batch]`, output: `[1]`
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+pub fn cross_entropy<B: ClipBackend>(
+    logits: Tensor<B, 2>,
+    labels: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
     CrossEntropyLossConfig::new()
         .init(&logits.device())
         .forward(logits, labels)
 }
 
 /// CoOp: cross entropy of its logits (`trainers/coop.py`, `forward_backward`).
-impl<B: Backend> MethodLoss<B> for Coop<B> {
+impl<B: ClipBackend> MethodLoss<B> for Coop<B> {
     fn loss(&self, logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Loss<B> {
         Loss {
             total: cross_entropy(logits.clone(), labels),
@@ -61,7 +65,7 @@ impl<B: Backend> MethodLoss<B> for Coop<B> {
 
 /// COMMA: cross entropy plus the weighted knowledge-preservation term
 /// (`trainers/comma.py`: `F.cross_entropy(output, label) + self.weight*score`).
-impl<B: Backend> MethodLoss<B> for Comma<B> {
+impl<B: ClipBackend> MethodLoss<B> for Comma<B> {
     const TERMS: &'static [&'static str] = &["ce", "kp"];
 
     fn loss(&self, out: CommaOutput<B>, labels: Tensor<B, 1, Int>) -> Loss<B> {
@@ -75,7 +79,7 @@ impl<B: Backend> MethodLoss<B> for Comma<B> {
 }
 
 /// Zero-shot CLIP is never trained; its loss is defined for validation only.
-impl<B: Backend> MethodLoss<B> for ZeroShot<B> {
+impl<B: ClipBackend> MethodLoss<B> for ZeroShot<B> {
     fn loss(&self, logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Loss<B> {
         Loss {
             total: cross_entropy(logits.clone(), labels),
@@ -87,7 +91,7 @@ impl<B: Backend> MethodLoss<B> for ZeroShot<B> {
 
 /// The Multi-Modal Adapter: cross entropy of its logits over the training
 /// classes, no regulariser (`dqmis/clip-mma` `pipelines/train.py`).
-impl<B: Backend> MethodLoss<B> for MmAdapter<B> {
+impl<B: ClipBackend> MethodLoss<B> for MmAdapter<B> {
     fn loss(&self, logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Loss<B> {
         Loss {
             total: cross_entropy(logits.clone(), labels),

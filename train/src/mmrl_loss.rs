@@ -13,6 +13,7 @@ use mmrl_model::clip::l2_normalize;
 use mmrl_model::methods::mmrl::{Mmrl, MmrlImageFeatures, MmrlLogits, MmrlOutput};
 
 use crate::loss::{Loss, MethodLoss};
+use mmrl_model::ClipBackend;
 
 /// Each term of the loss and their weighted sum.
 pub struct MmrlLoss<B: Backend> {
@@ -33,7 +34,7 @@ pub struct MmrlLoss<B: Backend> {
 /// # Shapes
 /// - `a`, `b`: `[rows, dim]`
 /// - output: `[1]`
-pub fn one_minus_mean_cos<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 1> {
+pub fn one_minus_mean_cos<B: ClipBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 1> {
     let cos = (l2_normalize(a) * l2_normalize(b)).sum_dim(1); // [rows, 1]
     cos.mean().neg().add_scalar(1.0)
 }
@@ -51,7 +52,7 @@ pub struct MmrlLossWeights {
 /// - `logits.class`, `logits.rep`: `[batch, classes]`; `labels`: `[batch]`
 /// - `image.class`, `zs_image`: `[batch, projection_dim]`
 /// - `text`, `zs_text`: `[classes, projection_dim]`
-pub fn mmrl_loss<B: Backend>(
+pub fn mmrl_loss<B: ClipBackend>(
     logits: &MmrlLogits<B>,
     labels: Tensor<B, 1, Int>,
     image: &MmrlImageFeatures<B>,
@@ -81,7 +82,7 @@ pub fn mmrl_loss<B: Backend>(
 
 /// MMRL trains on [`mmrl_loss`] with the model's α and λ; its training
 /// accuracy is read from the fused logits.
-impl<B: Backend> MethodLoss<B> for Mmrl<B> {
+impl<B: ClipBackend> MethodLoss<B> for Mmrl<B> {
     const TERMS: &'static [&'static str] = &["ce_class", "ce_rep", "reg_image", "reg_text"];
 
     fn loss(&self, out: MmrlOutput<B>, labels: Tensor<B, 1, Int>) -> Loss<B> {

@@ -13,7 +13,6 @@ use burn::lr_scheduler::LrScheduler;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
@@ -32,6 +31,7 @@ use crate::durable::{MetricFiles, WriteFailure};
 use crate::renderer::EpochLines;
 use crate::zeroshot::token_tensors;
 use crate::{Error, Result};
+use mmrl_model::{ClipAutodiffBackend, ClipBackend};
 
 /// Everything that decides the pretrained weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,7 +80,7 @@ pub struct PairLoader<B: Backend> {
     device: B::Device,
 }
 
-impl<B: Backend> Clone for PairLoader<B> {
+impl<B: ClipBackend> Clone for PairLoader<B> {
     fn clone(&self) -> Self {
         Self {
             seed: self.seed,
@@ -98,7 +98,7 @@ impl<B: Backend> Clone for PairLoader<B> {
 /// The epoch number of the held-out pictures.
 const VALID_EPOCH: u64 = u64::MAX;
 
-impl<B: Backend> PairLoader<B> {
+impl<B: ClipBackend> PairLoader<B> {
     pub fn new(
         cfg: &PretrainConfig,
         tokenizer: Arc<ClipTokenizer>,
@@ -153,7 +153,7 @@ struct PairIter<'a, B: Backend> {
     next: usize,
 }
 
-impl<B: Backend> Iterator for PairIter<'_, B> {
+impl<B: ClipBackend> Iterator for PairIter<'_, B> {
     type Item = PairBatch<B>;
 
     fn next(&mut self) -> Option<PairBatch<B>> {
@@ -170,7 +170,7 @@ impl<B: Backend> Iterator for PairIter<'_, B> {
     }
 }
 
-impl<B: Backend> DataLoaderIterator<PairBatch<B>> for PairIter<'_, B> {
+impl<B: ClipBackend> DataLoaderIterator<PairBatch<B>> for PairIter<'_, B> {
     fn progress(&self) -> Progress {
         Progress::new(
             self.next * self.loader.batch_size,
@@ -179,7 +179,7 @@ impl<B: Backend> DataLoaderIterator<PairBatch<B>> for PairIter<'_, B> {
     }
 }
 
-impl<B: Backend> DataLoader<B, PairBatch<B>> for PairLoader<B> {
+impl<B: ClipBackend> DataLoader<B, PairBatch<B>> for PairLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<PairBatch<B>> + 'a> {
         let epoch = match &self.epoch {
             Some(e) => e.fetch_add(1, Ordering::SeqCst),
@@ -229,7 +229,7 @@ const MAX_LOGIT_SCALE: f64 = 4.605_170_185_988_092;
 /// - `image`, `text`: `[batch, dim]` (unnormalised)
 /// - `logit_scale`: `[1]`, the log inverse temperature
 /// - returns the loss `[1]` and the image→text logits `[batch, batch]`
-pub fn clip_loss<B: Backend>(
+pub fn clip_loss<B: ClipBackend>(
     image: Tensor<B, 2>,
     text: Tensor<B, 2>,
     logit_scale: Tensor<B, 1>,
@@ -249,7 +249,7 @@ pub fn clip_loss<B: Backend>(
     (loss, logits, targets)
 }
 
-impl<B: Backend> ClipPretrainee<B> {
+impl<B: ClipBackend> ClipPretrainee<B> {
     fn forward(&self, batch: PairBatch<B>) -> ClassificationOutput<B> {
         let image = self.clip.encode_image(batch.images);
         let text = self.clip.encode_text(batch.tokens, batch.eot);
@@ -259,7 +259,7 @@ impl<B: Backend> ClipPretrainee<B> {
     }
 }
 
-impl<B: AutodiffBackend> TrainStep for ClipPretrainee<B> {
+impl<B: ClipAutodiffBackend> TrainStep for ClipPretrainee<B> {
     type Input = PairBatch<B>;
     type Output = ClassificationOutput<B>;
 
@@ -269,7 +269,7 @@ impl<B: AutodiffBackend> TrainStep for ClipPretrainee<B> {
     }
 }
 
-impl<B: Backend> InferenceStep for ClipPretrainee<B> {
+impl<B: ClipBackend> InferenceStep for ClipPretrainee<B> {
     type Input = PairBatch<B>;
     type Output = ClassificationOutput<B>;
 
@@ -312,7 +312,7 @@ impl LrScheduler for WarmupCosine {
 
 /// Pretrains CLIP from random weights (seeded by `cfg.seed`); Burn's
 /// Learner logs into `dir`. Returns the trained model on the inner backend.
-pub fn pretrain<B: AutodiffBackend>(
+pub fn pretrain<B: ClipAutodiffBackend>(
     cfg: &PretrainConfig,
     tokenizer: &ClipTokenizer,
     dir: &Path,

@@ -4,8 +4,6 @@
 
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
-use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use mmrl_model::methods::comma::Comma;
 use mmrl_model::methods::coop::Coop;
 use mmrl_model::methods::mm_adapter::MmAdapter;
@@ -15,17 +13,18 @@ use mmrl_model::methods::Method;
 
 use crate::loss::MethodLoss;
 use crate::{Error, Result};
+use mmrl_model::{ClipAutodiffBackend, ClipBackend};
 
 /// Work done with one method for scoring (no training): generic over the
 /// method, run by [`with_method`].
-pub trait MethodVisitor<B: Backend> {
+pub trait MethodVisitor<B: ClipBackend> {
     type Out;
     fn visit<M: Method<B>>(self) -> Self::Out;
 }
 
 /// Work done with one method on a training (autodiff) backend: run by
 /// [`train_with`]. The method's inner-backend twin scores and precomputes.
-pub trait TrainVisitor<B: AutodiffBackend> {
+pub trait TrainVisitor<B: ClipAutodiffBackend> {
     type Out;
     fn visit<M>(self) -> Self::Out
     where
@@ -56,7 +55,7 @@ macro_rules! registry {
         }
 
         /// Runs `visitor` with the method called `name`.
-        pub fn with_method<B: Backend, V: MethodVisitor<B>>(name: &str, visitor: V) -> Result<V::Out> {
+        pub fn with_method<B: ClipBackend, V: MethodVisitor<B>>(name: &str, visitor: V) -> Result<V::Out> {
             $(if name == <$method<B> as Method<B>>::NAME {
                 return Ok(visitor.visit::<$method<B>>());
             })+
@@ -64,7 +63,7 @@ macro_rules! registry {
         }
 
         /// Runs `visitor` with the method called `name`, on a training backend.
-        pub fn train_with<B: AutodiffBackend, V: TrainVisitor<B>>(name: &str, visitor: V) -> Result<V::Out> {
+        pub fn train_with<B: ClipAutodiffBackend, V: TrainVisitor<B>>(name: &str, visitor: V) -> Result<V::Out> {
             $(if name == <$method<B> as Method<B>>::NAME {
                 return Ok(visitor.visit::<$method<B>>());
             })+

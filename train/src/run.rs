@@ -8,7 +8,6 @@ use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
-use burn::tensor::backend::AutodiffBackend;
 
 use mmrl_data::dataset::{split_file, Source};
 use mmrl_data::loader::{ImageLoader, LoaderMode};
@@ -27,6 +26,7 @@ use crate::registry::{self, TrainVisitor};
 use crate::results::{summarise, write_results, RunReport, SeedResult};
 use crate::zeroshot::class_prompts;
 use crate::{Error, Result};
+use mmrl_model::ClipAutodiffBackend;
 
 /// Where a run reads and writes.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub struct RunPaths {
 
 /// Trains (or, for a method with nothing to train, only evaluates) over
 /// every seed and writes `results.{json,md,csv}` into `paths.output`.
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: ClipAutodiffBackend>(
     cfg: &TrainConfig,
     paths: &RunPaths,
     clip: &Clip<B::InnerBackend>,
@@ -129,7 +129,7 @@ pub fn run<B: AutodiffBackend>(
 static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One seed of a run, for whichever method the registry hands it.
-struct SeedJob<'a, B: AutodiffBackend> {
+struct SeedJob<'a, B: ClipAutodiffBackend> {
     cfg: &'a TrainConfig,
     paths: &'a RunPaths,
     data: &'a RunData<'a>,
@@ -147,7 +147,7 @@ struct SeedJob<'a, B: AutodiffBackend> {
     hash: &'a OnceCell<String>,
 }
 
-impl<B: AutodiffBackend> TrainVisitor<B> for SeedJob<'_, B> {
+impl<B: ClipAutodiffBackend> TrainVisitor<B> for SeedJob<'_, B> {
     type Out = Result<SeedResult>;
 
     fn visit<M>(self) -> Result<SeedResult>

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Transaction;
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
@@ -23,6 +22,7 @@ use mmrl_data::loader::ImageBatch;
 use mmrl_model::methods::Classes;
 
 use crate::loss::{cross_entropy, MethodLoss};
+use mmrl_model::{ClipAutodiffBackend, ClipBackend};
 
 /// A method as Burn's Learner trains it. The method holds its class set
 /// (the training classes), so the step needs nothing else.
@@ -37,7 +37,7 @@ pub struct Trainee<B: Backend, M: Module<B>> {
     _backend: PhantomData<B>,
 }
 
-impl<B: Backend, M: Module<B>> Trainee<B, M> {
+impl<B: ClipBackend, M: Module<B>> Trainee<B, M> {
     /// Wraps a method set to its training classes.
     pub fn new(model: M) -> Self {
         Trainee {
@@ -55,7 +55,7 @@ impl<B: Backend, M: Module<B>> Trainee<B, M> {
 
 impl<B, M> TrainStep for Trainee<B, M>
 where
-    B: AutodiffBackend,
+    B: ClipAutodiffBackend,
     M: MethodLoss<B> + AutodiffModule<B>,
     M::InnerModule: burn::module::ModuleDisplay,
 {
@@ -86,7 +86,7 @@ where
 
 /// Validation (only when the config asks for it, `val_every`): the seen
 /// classes' logits and their cross entropy.
-impl<B: Backend, M: MethodLoss<B>> InferenceStep for Trainee<B, M> {
+impl<B: ClipBackend, M: MethodLoss<B>> InferenceStep for Trainee<B, M> {
     type Input = ImageBatch<B>;
     type Output = StepOutput<B>;
 
@@ -111,9 +111,9 @@ impl<B: Backend, M: MethodLoss<B>> InferenceStep for Trainee<B, M> {
 /// [`Frozen`](mmrl_model::Frozen), which mappers do not see, so they stay
 /// frozen. (A parameter made on a backend without autodiff does not
 /// remember that it is trainable: `from_inner` alone would freeze it.)
-pub fn trainable<B: AutodiffBackend, M: AutodiffModule<B>>(inner: M::InnerModule) -> M {
+pub fn trainable<B: ClipAutodiffBackend, M: AutodiffModule<B>>(inner: M::InnerModule) -> M {
     struct RequireGrad;
-    impl<B: Backend> ModuleMapper<B> for RequireGrad {
+    impl<B: ClipBackend> ModuleMapper<B> for RequireGrad {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
             let (id, tensor, mapper) = param.consume();
             Param::from_mapped_value(id, tensor.require_grad(), mapper)
@@ -134,7 +134,7 @@ pub struct StepOutput<B: Backend> {
     pub terms: Option<Tensor<B, 1>>,
 }
 
-impl<B: Backend> ItemLazy for StepOutput<B> {
+impl<B: ClipBackend> ItemLazy for StepOutput<B> {
     type ItemSync = StepOutput<burn::backend::Flex>;
 
     /// One device read per batch for everything the metrics need.
@@ -162,13 +162,13 @@ impl<B: Backend> ItemLazy for StepOutput<B> {
     }
 }
 
-impl<B: Backend> Adaptor<AccuracyInput<B>> for StepOutput<B> {
+impl<B: ClipBackend> Adaptor<AccuracyInput<B>> for StepOutput<B> {
     fn adapt(&self) -> AccuracyInput<B> {
         AccuracyInput::new(self.output.clone(), self.targets.clone())
     }
 }
 
-impl<B: Backend> Adaptor<LossInput<B>> for StepOutput<B> {
+impl<B: ClipBackend> Adaptor<LossInput<B>> for StepOutput<B> {
     fn adapt(&self) -> LossInput<B> {
         LossInput::new(self.loss.clone())
     }
@@ -180,7 +180,7 @@ pub struct LossTermsInput<B: Backend> {
     batch: usize,
 }
 
-impl<B: Backend> Adaptor<LossTermsInput<B>> for StepOutput<B> {
+impl<B: ClipBackend> Adaptor<LossTermsInput<B>> for StepOutput<B> {
     fn adapt(&self) -> LossTermsInput<B> {
         LossTermsInput {
             terms: self.terms.clone(),
@@ -199,7 +199,7 @@ pub struct LossTermMetric<B: Backend> {
     _backend: PhantomData<B>,
 }
 
-impl<B: Backend> LossTermMetric<B> {
+impl<B: ClipBackend> LossTermMetric<B> {
     /// The term at `index` of [`MethodLoss::TERMS`], shown as `name`.
     pub fn new(index: usize, name: &str) -> Self {
         LossTermMetric {
@@ -211,7 +211,7 @@ impl<B: Backend> LossTermMetric<B> {
     }
 }
 
-impl<B: Backend> Metric for LossTermMetric<B> {
+impl<B: ClipBackend> Metric for LossTermMetric<B> {
     type Input = LossTermsInput<B>;
 
     fn update(&mut self, input: &LossTermsInput<B>, _: &MetricMetadata) -> SerializedEntry {
@@ -250,7 +250,7 @@ impl<B: Backend> Metric for LossTermMetric<B> {
     }
 }
 
-impl<B: Backend> Numeric for LossTermMetric<B> {
+impl<B: ClipBackend> Numeric for LossTermMetric<B> {
     fn value(&self) -> NumericEntry {
         self.state.current_value()
     }

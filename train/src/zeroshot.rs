@@ -8,6 +8,7 @@ use mmrl_model::clip::Clip;
 use mmrl_model::methods::{ClassPrompts, Method};
 
 use crate::error::{Error, Result};
+use mmrl_model::ClipBackend;
 
 /// OpenAI's default prompt.
 pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
@@ -42,7 +43,7 @@ pub fn check_classes(template: &str, classes: &[String]) -> Result<()> {
 ///
 /// # Shapes
 /// - output: (`[rows, context]`, `[rows]`)
-pub fn token_tensors<B: Backend>(
+pub fn token_tensors<B: ClipBackend>(
     batch: &TokenBatch,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
@@ -75,7 +76,7 @@ fn check_prompt_inputs<C: Backend>(
 
 /// The class prompts, tokenised and trimmed after the longest one's end
 /// token, after checking the class list and that the tokenizer fits `clip`.
-pub fn encode_prompts<B: Backend>(
+pub fn encode_prompts<B: ClipBackend>(
     tokenizer: &ClipTokenizer,
     clip: &Clip<B>,
     classes: &[String],
@@ -89,7 +90,7 @@ pub fn encode_prompts<B: Backend>(
 /// A class set's prompts as method `M` writes them, tokenised (trimmed
 /// after the longest end token), with each name's token count, after
 /// checking the class list and that the tokenizer fits `clip`.
-pub fn class_prompts<B: Backend, M: Method<B>, C: Backend>(
+pub fn class_prompts<B: ClipBackend, M: Method<B>, C: Backend>(
     config: &M::Config,
     tokenizer: &ClipTokenizer,
     clip: &Clip<C>,
@@ -121,7 +122,7 @@ pub fn class_prompts<B: Backend, M: Method<B>, C: Backend>(
 ///
 /// # Shapes
 /// - output: `[classes, projection_dim]`
-pub fn class_text_features<B: Backend>(
+pub fn class_text_features<B: ClipBackend>(
     clip: &Clip<B>,
     tokenizer: &ClipTokenizer,
     classes: &[String],
@@ -146,7 +147,7 @@ pub struct ZeroShotOutput<B: Backend> {
 /// # Shapes
 /// - `images`: `[batch, 3, size, size]`
 /// - `text_features`: `[classes, projection_dim]`
-pub fn classify<B: Backend>(
+pub fn classify<B: ClipBackend>(
     clip: &Clip<B>,
     images: Tensor<B, 4>,
     text_features: Tensor<B, 2>,

@@ -46,6 +46,7 @@ use burn_store::{ModuleSnapshot, ModuleStore, SafetensorsStore, TensorSnapshot};
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use super::model::Clip;
 use crate::error::{Error, Result};
+use crate::ClipBackend;
 
 /// Buffers some files carry that are not parameters.
 pub const IGNORED_KEYS: &[&str] = &[
@@ -82,7 +83,7 @@ pub struct LoadedClip<B: Backend> {
 /// A folder must hold `model.safetensors` (or `pytorch_model.bin`); its
 /// `config.json` is used when present. A lone file's architecture is
 /// inferred from its tensor shapes, as OpenAI's `build_model` does.
-pub fn load_clip<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedClip<B>> {
+pub fn load_clip<B: ClipBackend>(path: &Path, device: &B::Device) -> Result<LoadedClip<B>> {
     let (weights, config_json, tokenizer) = resolve(path)?;
     let tensors = read_tensors(&weights)?;
     let layout = detect_layout(&weights, &tensors)?;
@@ -651,7 +652,7 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Loads `tensors` into `model`, checking that every parameter is found with
 /// its shape and that every tensor is used.
-pub fn apply_tensors<B: Backend>(
+pub fn apply_tensors<B: ClipBackend>(
     model: &mut Clip<B>,
     path: &Path,
     tensors: &BTreeMap<String, TensorSnapshot>,

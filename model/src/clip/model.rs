@@ -8,6 +8,7 @@ use super::config::ClipConfig;
 use super::text::ClipTextTransformer;
 use super::transformer::normal_linear;
 use super::vision::ClipVisionTransformer;
+use crate::ClipBackend;
 
 /// CLIP with Hugging Face's module names (`text_model`, `vision_model`,
 /// `visual_projection`, `text_projection`, `logit_scale`).
@@ -25,7 +26,7 @@ pub struct Clip<B: Backend> {
 
 impl ClipConfig {
     /// Builds CLIP with random weights, initialised as transformers' `CLIPModel`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Clip<B> {
+    pub fn init<B: ClipBackend>(&self, device: &B::Device) -> Clip<B> {
         // `N(0, width^-0.5)`, as transformers' `_init_weights`.
         let proj = |d_in: usize| {
             normal_linear(
@@ -49,7 +50,7 @@ impl ClipConfig {
     }
 }
 
-impl<B: Backend> Clip<B> {
+impl<B: ClipBackend> Clip<B> {
     /// Projected (unnormalised) image features.
     ///
     /// # Shapes
@@ -97,7 +98,7 @@ impl<B: Backend> Clip<B> {
 /// # Shapes
 /// - `x`: `[rows, dim]`
 /// - output: `[rows, dim]`
-pub fn l2_normalize<B: Backend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
+pub fn l2_normalize<B: ClipBackend>(x: Tensor<B, 2>) -> Tensor<B, 2> {
     let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt();
     x / norm
 }

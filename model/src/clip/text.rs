@@ -7,6 +7,7 @@ use burn::prelude::*;
 
 use super::config::ClipTextConfig;
 use super::transformer::{BlockHook, Encoder, EncoderConfig, NoHook};
+use crate::ClipBackend;
 
 /// Token and position embeddings start as `N(0, 0.02)` (transformers' `initializer_range`).
 pub const CLIP_EMBEDDING_INIT: Initializer = Initializer::Normal {
@@ -33,7 +34,7 @@ pub struct ClipTextTransformer<B: Backend> {
 
 impl ClipTextConfig {
     /// Builds the text tower with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> ClipTextTransformer<B> {
+    pub fn init<B: ClipBackend>(&self, device: &B::Device) -> ClipTextTransformer<B> {
         ClipTextTransformer {
             embeddings: TextEmbeddings {
                 token_embedding: EmbeddingConfig::new(self.vocab_size, self.hidden_size)
@@ -66,7 +67,7 @@ impl ClipTextConfig {
     }
 }
 
-impl<B: Backend> ClipTextTransformer<B> {
+impl<B: ClipBackend> ClipTextTransformer<B> {
     /// Token plus positional embeddings.
     ///
     /// # Shapes
@@ -140,7 +141,7 @@ impl<B: Backend> ClipTextTransformer<B> {
 /// - `hidden`: `[batch, seq, width]`
 /// - `index`: `[batch]`, each in `0..seq`
 /// - output: `[batch, width]`
-pub fn gather_rows<B: Backend>(hidden: Tensor<B, 3>, index: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+pub fn gather_rows<B: ClipBackend>(hidden: Tensor<B, 3>, index: Tensor<B, 1, Int>) -> Tensor<B, 2> {
     let [batch, _, width] = hidden.dims();
     let index = index.reshape([batch, 1, 1]).expand([batch, 1, width]);
     hidden.gather(1, index).reshape([batch, width])

@@ -10,17 +10,16 @@ use std::ops::Range;
 use burn::module::{Initializer, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::activation::gelu;
 
 use super::config::HiddenAct;
+use crate::kernels::{self, ClipBackend};
 
-/// Applies a [`Linear`] to `[batch, seq, d_in]` as one `[batch·seq, d_in]`
-/// product (Burn's rank-3 linear runs `batch` separate products).
-pub fn linear3<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [batch, seq, d_in] = x.dims();
-    let y = layer.forward(x.reshape([batch * seq, d_in]));
-    let [_, d_out] = y.dims();
-    y.reshape([batch, seq, d_out])
+/// Applies a [`Linear`] to `[..., d_in]` as one `[rows, d_in]` product with
+/// the bias inside it ([`kernels::fused_linear`]; Burn's rank-3 linear runs
+/// `batch` separate products and adds the bias in a second pass).
+pub fn linear3<B: ClipBackend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
+    kernels::fused_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// Configuration of one [`Encoder`].
@@ -42,7 +41,7 @@ pub struct EncoderConfig {
 
 impl EncoderConfig {
     /// Builds the encoder with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Encoder<B> {
+    pub fn init<B: ClipBackend>(&self, device: &B::Device) -> Encoder<B> {
         Encoder {
             layers: (0..self.layers).map(|_| self.init_layer(device)).collect(),
         }
@@ -50,7 +49,7 @@ impl EncoderConfig {
 
     /// Random weights as transformers' `CLIPPreTrainedModel._init_weights`:
     /// normal weights with per-role std, zero biases.
-    fn init_layer<B: Backend>(&self, device: &B::Device) -> EncoderLayer<B> {
+    fn init_layer<B: ClipBackend>(&self, device: &B::Device) -> EncoderLayer<B> {
         let w = self.width;
         let width = w as f64;
         let in_std = width.powf(-0.5) * (2.0 * self.layers as f64).powf(-0.5);
@@ -77,7 +76,7 @@ impl EncoderConfig {
 }
 
 /// A linear layer with `N(0, std)` weights and, if any, a zero bias (CLIP's init).
-pub fn normal_linear<B: Backend>(
+pub fn normal_linear<B: ClipBackend>(
     d_in: usize,
     d_out: usize,
     std: f64,
@@ -105,7 +104,7 @@ pub struct Attention<B: Backend> {
     pub heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: ClipBackend> Attention<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, width]`
     /// - output: `[batch, seq, width]`
@@ -114,27 +113,16 @@ impl<B: Backend> Attention<B> {
         let heads = self.heads;
         let head_dim = width / heads;
         let x = x.reshape([batch * seq, width]);
-        // [batch·seq, width] -> [batch, heads, seq, head_dim]
+        // [batch·seq, width] -> [batch, heads, seq, head_dim] (a view: the
+        // attention kernel reads the heads where they lie)
         let split = |t: Tensor<B, 2>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        // softmax(q kᵀ / √head_dim) v as two batched products: on the CPU
-        // backends this is 2.4× faster than the fused `attention` op (see
-        // benchmarks/RESULTS.md), and it is what PyTorch's eager CLIP does.
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (head_dim as f64).sqrt()); // [batch, heads, seq, seq]
-        let scores = if causal {
-            let mask = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &scores.device());
-            let mask = mask.unsqueeze::<4>().expand([batch, heads, seq, seq]);
-            scores.mask_fill(mask, f32::NEG_INFINITY)
-        } else {
-            scores
-        };
-        let ctx = softmax(scores, 3).matmul(v); // [batch, heads, seq, head_dim]
+        let q = split(linear3(&self.q_proj, x.clone()));
+        let k = split(linear3(&self.k_proj, x.clone()));
+        let v = split(linear3(&self.v_proj, x));
+        // softmax(q kᵀ / √head_dim [+ causal mask]) v, [batch, heads, seq, head_dim]
+        let ctx = kernels::attention_core(q, k, v, causal);
         let ctx = ctx.swap_dims(1, 2).reshape([batch * seq, width]);
-        self.out_proj.forward(ctx).reshape([batch, seq, width])
+        linear3(&self.out_proj, ctx).reshape([batch, seq, width])
     }
 }
 
@@ -146,14 +134,14 @@ pub struct Mlp<B: Backend> {
     pub quick_gelu: bool,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: ClipBackend> Mlp<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, width]`
     /// - output: `[batch, seq, width]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = linear3(&self.fc1, x);
         let h = if self.quick_gelu {
-            h.clone() * sigmoid(h.mul_scalar(1.702))
+            kernels::quick_gelu(h)
         } else {
             gelu(h)
         };
@@ -170,7 +158,7 @@ pub struct EncoderLayer<B: Backend> {
     pub layer_norm2: LayerNorm<B>,
 }
 
-impl<B: Backend> EncoderLayer<B> {
+impl<B: ClipBackend> EncoderLayer<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, width]`
     /// - output: `[batch, seq, width]`
@@ -192,7 +180,7 @@ pub trait BlockHook<B: Backend> {
 
 /// The hook that changes nothing.
 pub struct NoHook;
-impl<B: Backend> BlockHook<B> for NoHook {}
+impl<B: ClipBackend> BlockHook<B> for NoHook {}
 
 /// A stack of residual blocks.
 #[derive(Module, Debug)]
@@ -200,7 +188,7 @@ pub struct Encoder<B: Backend> {
     pub layers: Vec<EncoderLayer<B>>,
 }
 
-impl<B: Backend> Encoder<B> {
+impl<B: ClipBackend> Encoder<B> {
     /// Runs every block.
     ///
     /// # Shapes
@@ -229,7 +217,9 @@ impl<B: Backend> Encoder<B> {
         }
         x
     }
+}
 
+impl<B: ClipBackend> Encoder<B> {
     /// Number of blocks.
     pub fn depth(&self) -> usize {
         self.layers.len()

@@ -10,6 +10,7 @@ use burn::tensor::Distribution;
 use super::config::ClipVisionConfig;
 use super::text::CLIP_EMBEDDING_INIT;
 use super::transformer::{BlockHook, Encoder, EncoderConfig, NoHook};
+use crate::ClipBackend;
 
 /// Patch, class and positional embeddings (`vision_model.embeddings`).
 #[derive(Module, Debug)]
@@ -35,7 +36,7 @@ pub struct ClipVisionTransformer<B: Backend> {
 
 impl ClipVisionConfig {
     /// Builds the vision tower with random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> ClipVisionTransformer<B> {
+    pub fn init<B: ClipBackend>(&self, device: &B::Device) -> ClipVisionTransformer<B> {
         let w = self.hidden_size;
         let p = self.patch_size;
         let ln = || {
@@ -79,7 +80,7 @@ impl ClipVisionConfig {
     }
 }
 
-impl<B: Backend> VisionEmbeddings<B> {
+impl<B: ClipBackend> VisionEmbeddings<B> {
     /// Patches as one matrix product (the stem convolution has kernel =
     /// stride), then the class token and positional embeddings.
     ///
@@ -109,7 +110,7 @@ impl<B: Backend> VisionEmbeddings<B> {
     }
 }
 
-impl<B: Backend> ClipVisionTransformer<B> {
+impl<B: ClipBackend> ClipVisionTransformer<B> {
     /// Embeddings and `pre_layrnorm`: the input of the first block.
     ///
     /// # Shapes

@@ -57,6 +57,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::{l2_normalize, BlockHook, Clip};
 use crate::methods::{fill_template, ClassPrompts, Classes, Method, MethodConfig, Prediction};
+use crate::{ClipAutodiffBackend, ClipBackend};
 use crate::{Error, Result};
 
 /// COMMA's hyper-parameters (`TRAINER.COMMA.*` in the reference configs).
@@ -149,7 +150,7 @@ impl CommaConfig {
     /// `ctx` from the embeddings of `ctx_init`'s first `n_ctx` tokens (their
     /// ids `ctx_ids`), deep text prompts N(0, 0.02), `proj` and the
     /// generators as PyTorch initialises them.
-    pub fn init<B: Backend>(
+    pub fn init<B: ClipBackend>(
         &self,
         clip: Clip<B>,
         ctx_ids: Tensor<B, 1, Int>,
@@ -194,18 +195,18 @@ impl CommaConfig {
     }
 }
 
-fn text_width<B: Backend>(clip: &Clip<B>) -> usize {
+fn text_width<B: ClipBackend>(clip: &Clip<B>) -> usize {
     clip.text_model.embeddings.token_embedding.weight.dims()[1]
 }
 
-fn vision_width<B: Backend>(clip: &Clip<B>) -> usize {
+fn vision_width<B: ClipBackend>(clip: &Clip<B>) -> usize {
     clip.vision_model.embeddings.class_embedding.dims()[0]
 }
 
 /// Rounds every value to the nearest fp16 value (ties to even; subnormals
 /// included), computed in f32 on the device; the gradient passes through
 /// unchanged, as through PyTorch's `.half()`.
-pub fn round_f16<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn round_f16<B: ClipBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let v = x.clone().detach();
     // Normal range: Veltkamp's split keeps 24 − 13 = 11 significant bits.
     let t = v.clone().mul_scalar(8193.0);
@@ -219,7 +220,7 @@ pub fn round_f16<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// [`round_f16`] when `half`, else `x`.
-fn round_if<B: Backend, const D: usize>(x: Tensor<B, D>, half: bool) -> Tensor<B, D> {
+fn round_if<B: ClipBackend, const D: usize>(x: Tensor<B, D>, half: bool) -> Tensor<B, D> {
     if half {
         round_f16(x)
     } else {
@@ -229,7 +230,7 @@ fn round_if<B: Backend, const D: usize>(x: Tensor<B, D>, half: bool) -> Tensor<B
 
 /// A `Linear` on `[rows, in]`; with `half`, as PyTorch's fp16 `Linear`
 /// runs: weights, bias and output rounded to fp16.
-fn linear<B: Backend>(l: &Linear<B>, x: Tensor<B, 2>, half: bool) -> Tensor<B, 2> {
+fn linear<B: ClipBackend>(l: &Linear<B>, x: Tensor<B, 2>, half: bool) -> Tensor<B, 2> {
     let y = x.matmul(round_if(l.weight.val(), half));
     let y = match &l.bias {
         Some(b) => y + round_if(b.val(), half).unsqueeze_dim(0),
@@ -255,7 +256,7 @@ pub struct Generator<B: Backend> {
     pub mlp_2: Linear<B>,
 }
 
-impl<B: Backend> Generator<B> {
+impl<B: ClipBackend> Generator<B> {
     fn init(tw: usize, vw: usize, device: &B::Device) -> Self {
         Self {
             fc: LinearConfig::new(tw, vw).init(device),
@@ -371,7 +372,7 @@ struct ReplaceHook<'a, B: Backend> {
     half: bool,
 }
 
-impl<B: Backend> BlockHook<B> for ReplaceHook<'_, B> {
+impl<B: ClipBackend> BlockHook<B> for ReplaceHook<'_, B> {
     fn before_block(&mut self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
         if layer == 0 || layer > self.prompts.len() {
             return x;
@@ -391,7 +392,7 @@ impl<B: Backend> BlockHook<B> for ReplaceHook<'_, B> {
     }
 }
 
-impl<B: Backend> Comma<B> {
+impl<B: ClipBackend> Comma<B> {
     /// Prompt depth (layers with prompts, the input included).
     pub fn depth(&self) -> usize {
         self.prompt_learner.compound_prompts_text.dims()[0] + 1
@@ -580,7 +581,7 @@ fn pad_rows(ids: &[i64], rows: usize, seq: usize, context: usize) -> Vec<i64> {
     out
 }
 
-impl<B: Backend> Method<B> for Comma<B> {
+impl<B: ClipBackend> Method<B> for Comma<B> {
     const NAME: &'static str = "comma";
     const SUMMARY: &'static str = "COMMA (AAAI 2024): deep prompts in both towers, vision prompts \
          generated from both towers' previous prompts, knowledge-preservation loss";
@@ -688,7 +689,7 @@ impl<B: Backend> Method<B> for Comma<B> {
     /// would never be freed).
     fn forward(&self, images: Tensor<B, 4>) -> CommaOutput<B>
     where
-        B: burn::tensor::backend::AutodiffBackend,
+        B: ClipAutodiffBackend,
     {
         let mut p = self.prompts_without_vision();
         p.vision = if self.train_generators {
@@ -729,7 +730,7 @@ impl<B: Backend> Method<B> for Comma<B> {
     }
 }
 
-impl<B: Backend> Comma<B> {
+impl<B: ClipBackend> Comma<B> {
     /// The generated vision prompts of blocks 1..depth−1, `[depth − 1,
     /// n_ctx, vw]` (`None` at depth 1).
     pub fn vision_prompts(&self) -> Option<Tensor<B, 3>> {

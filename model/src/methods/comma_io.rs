@@ -32,6 +32,7 @@ use super::NamedTensor;
 use crate::clip::loader::Op;
 use crate::clip::Clip;
 use crate::error::{Error, Result};
+use crate::ClipBackend;
 
 const PREFIX: &str = "prompt_learner.";
 const TEXT_PROMPTS: &str = "prompt_learner.compound_prompts_text";
@@ -64,7 +65,7 @@ fn reference_key(param: &str) -> Option<(String, Op)> {
 /// COMMA around `clip` from a checkpoint (ours or the reference's), with the
 /// depth and `n_ctx` the checkpoint implies and the other settings of
 /// `config`.
-pub fn load_comma<B: Backend>(
+pub fn load_comma<B: ClipBackend>(
     path: &Path,
     clip: Clip<B>,
     config: &CommaConfig,
@@ -134,7 +135,7 @@ pub fn load_comma<B: Backend>(
 
 /// The prompt learner's tensors under the reference names, in PyTorch
 /// layout, with the generated vision prompts as `compound_prompts_image`.
-pub fn comma_state<B: Backend>(model: &Comma<B>) -> Vec<NamedTensor> {
+pub fn comma_state<B: ClipBackend>(model: &Comma<B>) -> Vec<NamedTensor> {
     let mut out = reference_state(model, reference_key);
     if let Some(v) = model.vision_prompts() {
         let data = v.into_data().convert::<f32>();

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::clip::{Clip, NoHook};
 use crate::methods::{ClassPrompts, Classes, Method, Prediction};
 use crate::Frozen;
+use crate::{ClipAutodiffBackend, ClipBackend};
 
 /// Where the class-name tokens go relative to the context
 /// (`TRAINER.COOP.CLASS_TOKEN_POSITION`).
@@ -182,7 +183,7 @@ impl CoopConfig {
     /// from the prompts (row 0, positions `1..=n_ctx`), which
     /// [`CoopConfig::prompts`] starts with those words: the reference embeds
     /// `clip.tokenize(ctx_init)` and takes the same positions.
-    pub fn init<B: Backend>(
+    pub fn init<B: ClipBackend>(
         &self,
         clip: Clip<B>,
         prompts: &CoopPrompts<B>,
@@ -250,7 +251,7 @@ pub enum CoopContext<B: Backend> {
     ClassSpecific(Param<Tensor<B, 3>>),
 }
 
-impl<B: Backend> CoopContext<B> {
+impl<B: ClipBackend> CoopContext<B> {
     /// The context from values in the reference layout: rank 2 is generic,
     /// rank 3 class-specific. Trainable.
     pub fn from_data(data: TensorData, device: &B::Device) -> Result<Self, String> {
@@ -334,7 +335,7 @@ pub struct CoopPrompts<B: Backend> {
     name_lens: Vec<usize>,
 }
 
-impl<B: Backend> CoopPrompts<B> {
+impl<B: ClipBackend> CoopPrompts<B> {
     /// From row-major token ids `[rows, seq]`, the end-token positions and
     /// each class name's token count (BPE tokens of [`coop_class_name`],
     /// without start/end tokens: the reference's `name_lens`).
@@ -412,7 +413,7 @@ pub struct Coop<B: Backend> {
     pub class_prompts: Option<ClassPrompts>,
 }
 
-impl<B: Backend> Coop<B> {
+impl<B: ClipBackend> Coop<B> {
     /// CoOp from a context, freezing `clip`.
     pub fn new(
         clip: Clip<B>,
@@ -603,7 +604,7 @@ impl<B: Backend> Coop<B> {
     }
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend> Coop<B> {
+impl<B: ClipAutodiffBackend> Coop<B> {
     /// [`Coop::image_features`] on the inner (non-autodiff) backend, brought
     /// back as a constant: the frozen image tower records no graph.
     ///
@@ -617,7 +618,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> Coop<B> {
 }
 
 /// CoOp's prompt tensors for a tokenised class set.
-fn coop_prompts_of<B: Backend>(
+fn coop_prompts_of<B: ClipBackend>(
     prompts: &ClassPrompts,
     device: &B::Device,
 ) -> crate::Result<CoopPrompts<B>> {
@@ -635,7 +636,7 @@ fn coop_prompts_of<B: Backend>(
     })
 }
 
-impl<B: Backend> Coop<B> {
+impl<B: ClipBackend> Coop<B> {
     /// The current class set's prompts as tensors.
     fn current_prompts(&self) -> CoopPrompts<B> {
         let prompts = self
@@ -647,7 +648,7 @@ impl<B: Backend> Coop<B> {
     }
 }
 
-impl<B: Backend> Method<B> for Coop<B> {
+impl<B: ClipBackend> Method<B> for Coop<B> {
     const NAME: &'static str = "coop";
     const SUMMARY: &'static str = "CoOp (IJCV 2022): learned context vectors in the text prompt";
     type Config = CoopConfig;
@@ -709,7 +710,7 @@ impl<B: Backend> Method<B> for Coop<B> {
 
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
-        B: burn::tensor::backend::AutodiffBackend,
+        B: ClipAutodiffBackend,
     {
         let image = self.image_features_frozen(images);
         let text = self.text_features(&self.current_prompts());

@@ -24,6 +24,7 @@ use super::coop::{ClassTokenPosition, Coop, CoopConfig, CoopContext};
 use crate::clip::loader::{convert, Op};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
+use crate::ClipBackend;
 
 /// The context's name in our files (and in `CustomCLIP.state_dict()`).
 pub const CTX_KEY: &str = "prompt_learner.ctx";
@@ -120,7 +121,7 @@ pub fn read_coop_checkpoint(path: &Path) -> Result<CoopCheckpoint> {
 
 /// Builds CoOp around `clip` from a checkpoint, checking the context width
 /// against the text tower.
-pub fn load_coop<B: Backend>(
+pub fn load_coop<B: ClipBackend>(
     path: &Path,
     clip: Clip<B>,
     class_token_position: ClassTokenPosition,
@@ -148,7 +149,7 @@ pub fn load_coop<B: Backend>(
 }
 
 /// The trainable tensor under its reference name, in PyTorch layout.
-pub fn coop_state<B: Backend>(model: &Coop<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn coop_state<B: ClipBackend>(model: &Coop<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let data = model.ctx.to_data().convert::<f32>();
     let shape = data.shape.to_vec();
     vec![(
@@ -159,6 +160,6 @@ pub fn coop_state<B: Backend>(model: &Coop<B>) -> Vec<(String, Vec<usize>, Vec<f
 }
 
 /// Saves the context as safetensors (`prompt_learner.ctx`), atomically.
-pub fn save_coop_safetensors<B: Backend>(model: &Coop<B>, path: &Path) -> Result<()> {
+pub fn save_coop_safetensors<B: ClipBackend>(model: &Coop<B>, path: &Path) -> Result<()> {
     save_f32_safetensors(path, coop_state(model), None)
 }

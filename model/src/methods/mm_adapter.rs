@@ -52,6 +52,7 @@ use crate::clip::Clip;
 use crate::methods::{
     fill_template, ClassPrompts, Classes, Method, MethodConfig, NamedTensor, Prediction,
 };
+use crate::{ClipAutodiffBackend, ClipBackend};
 use crate::{Error, Frozen, Result};
 
 /// The method's name on the command line, in configs and in checkpoints.
@@ -155,7 +156,11 @@ impl MmAdapterConfig {
     /// A fresh adapter for features of size `dim` (PyTorch's
     /// initialisation: Linear layers kaiming-uniform, the attention's input
     /// projection xavier-uniform, the attention's biases zero).
-    pub fn init_adapter<B: Backend>(&self, dim: usize, device: &B::Device) -> AttentionAdapter<B> {
+    pub fn init_adapter<B: ClipBackend>(
+        &self,
+        dim: usize,
+        device: &B::Device,
+    ) -> AttentionAdapter<B> {
         let linear = |i, o| LinearConfig::new(i, o).init(device);
         let (down, up) = match self.variant {
             Variant::Master => (
@@ -231,7 +236,7 @@ impl Variant {
     }
 }
 
-impl<B: Backend> AdapterAttention<B> {
+impl<B: ClipBackend> AdapterAttention<B> {
     fn width(&self) -> usize {
         self.out_proj.weight.dims()[0]
     }
@@ -319,7 +324,7 @@ pub struct AttentionAdapter<B: Backend> {
     pub upsampler: Vec<Linear<B>>,
 }
 
-impl<B: Backend> AttentionAdapter<B> {
+impl<B: ClipBackend> AttentionAdapter<B> {
     fn down<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.downsampler.iter().fold(x, |x, l| l.forward(x))
     }
@@ -350,7 +355,7 @@ impl<B: Backend> AttentionAdapter<B> {
 }
 
 /// Divides by the L2 norm over the last dimension.
-fn normalize<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+fn normalize<B: ClipBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let norm = x.clone().powi_scalar(2).sum_dim(D - 1).sqrt();
     x / norm
 }
@@ -394,7 +399,7 @@ impl ImageCache {
     }
 }
 
-impl<B: Backend> MmAdapter<B> {
+impl<B: ClipBackend> MmAdapter<B> {
     /// A fresh adapter around `clip`, which it freezes.
     pub fn new(config: &MmAdapterConfig, clip: Clip<B>, device: &B::Device) -> Result<Self> {
         config.validate()?;
@@ -467,7 +472,7 @@ impl<B: Backend> MmAdapter<B> {
     }
 }
 
-impl<B: Backend> Method<B> for MmAdapter<B> {
+impl<B: ClipBackend> Method<B> for MmAdapter<B> {
     const NAME: &'static str = NAME;
     const SUMMARY: &'static str =
         "Multi-Modal Adapter (arXiv 2409.02958): masked attention over CLIP's final image and class features";
@@ -512,7 +517,7 @@ impl<B: Backend> Method<B> for MmAdapter<B> {
     /// CLIP runs on the inner backend; only the adapter records a graph.
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
-        B: burn::tensor::backend::AutodiffBackend,
+        B: ClipAutodiffBackend,
     {
         let clip: Clip<B::InnerBackend> = self.clip.0.valid();
         let image = Tensor::from_inner(normalize(clip.encode_image(images.inner())));
@@ -523,7 +528,7 @@ impl<B: Backend> Method<B> for MmAdapter<B> {
     /// its features from the cache (one upload of `batch × dim` floats).
     fn forward_fixed(&self, images: Tensor<B, 4>, ids: &[usize]) -> Tensor<B, 2>
     where
-        B: burn::tensor::backend::AutodiffBackend,
+        B: ClipAutodiffBackend,
     {
         let cached: Option<Vec<f32>> = {
             let cache = self.image_cache.lock();

@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::prelude::*;
 use burn_store::TensorSnapshot;
 
 use super::checkpoint::{apply_reference_tensors, read_state_dict, reference_state};
@@ -27,6 +26,7 @@ use super::NamedTensor;
 use crate::clip::loader::Op;
 use crate::clip::Clip;
 use crate::error::{Error, Result};
+use crate::ClipBackend;
 
 const PREFIX: &str = "adapter.";
 const MASTER_KEY: &str = "adapter.downsampler.0.weight";
@@ -58,7 +58,7 @@ fn reference_key(param: &str, variant: Variant) -> Option<(String, Op)> {
 /// Builds the adapter around `clip` from a checkpoint (ours or the
 /// reference's), with the variant and widths the checkpoint implies and
 /// the heads and blend ratios of `config`.
-pub fn load_mm_adapter<B: Backend>(
+pub fn load_mm_adapter<B: ClipBackend>(
     path: &Path,
     config: &MmAdapterConfig,
     clip: Clip<B>,
@@ -124,7 +124,7 @@ pub fn load_mm_adapter<B: Backend>(
 }
 
 /// The adapter's tensors under the reference names, in PyTorch layout.
-pub fn mm_adapter_state<B: Backend>(model: &MmAdapter<B>) -> Vec<NamedTensor> {
+pub fn mm_adapter_state<B: ClipBackend>(model: &MmAdapter<B>) -> Vec<NamedTensor> {
     let variant = model.adapter.variant();
     reference_state(model, |p| reference_key(p, variant))
 }

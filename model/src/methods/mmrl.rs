@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::{l2_normalize, BlockHook, Clip, NoHook};
 use crate::methods::{fill_template, ClassPrompts, Classes, Method, MethodConfig, Prediction};
+use crate::{ClipAutodiffBackend, ClipBackend};
 use crate::{Error, Result};
 
 /// The logit scale MMRL uses for both heads (a constant, not `logit_scale`).
@@ -145,7 +146,7 @@ impl MmrlConfig {
 
     /// Builds MMRL around a CLIP, which it freezes, with the reference's
     /// initialisation (see [`MmrlConfig::init_trainable`]).
-    pub fn init<B: Backend>(&self, clip: Clip<B>, device: &B::Device) -> Mmrl<B> {
+    pub fn init<B: ClipBackend>(&self, clip: Clip<B>, device: &B::Device) -> Mmrl<B> {
         let text_width = clip.text_model.final_layer_norm.gamma.dims()[0];
         let vision_width = clip.vision_model.post_layernorm.gamma.dims()[0];
         let embed = clip.visual_projection.weight.dims()[1];
@@ -169,7 +170,7 @@ impl MmrlConfig {
     /// The trainable part alone: `R` ~ N(0, 0.02²); every layer's aligners
     /// start as copies of one PyTorch-default `Linear(d_r, width)` (weight
     /// and bias ~ U(±1/√d_r)); `proj_rep` ~ N(0, 1) · width^-½.
-    pub fn init_trainable<B: Backend>(
+    pub fn init_trainable<B: ClipBackend>(
         &self,
         text_width: usize,
         vision_width: usize,
@@ -222,7 +223,7 @@ pub struct RepresentationLearner<B: Backend> {
     pub compound_rep_tokens_r2tproj: Vec<Linear<B>>,
 }
 
-impl<B: Backend> RepresentationLearner<B> {
+impl<B: ClipBackend> RepresentationLearner<B> {
     /// Per injected layer, the K tokens for each tower.
     ///
     /// # Shapes
@@ -257,7 +258,7 @@ pub struct RepTokenHook<'a, B: Backend> {
     pub tokens: &'a [Tensor<B, 2>],
 }
 
-impl<B: Backend> BlockHook<B> for RepTokenHook<'_, B> {
+impl<B: ClipBackend> BlockHook<B> for RepTokenHook<'_, B> {
     fn before_block(&mut self, layer: usize, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let Some(i) = self.layers.iter().position(|&l| l == layer) else {
             return x;
@@ -338,14 +339,14 @@ pub struct MmrlLogits<B: Backend> {
     pub rep: Tensor<B, 2>,
 }
 
-impl<B: Backend> MmrlLogits<B> {
+impl<B: ClipBackend> MmrlLogits<B> {
     /// Decoupled inference for base classes: `alpha · class + (1 − alpha) · rep`.
     pub fn fused(&self, alpha: f64) -> Tensor<B, 2> {
         self.class.clone().mul_scalar(alpha) + self.rep.clone().mul_scalar(1.0 - alpha)
     }
 }
 
-impl<B: Backend> Mmrl<B> {
+impl<B: ClipBackend> Mmrl<B> {
     /// The first injected layer, 0-based: layers below it never see the
     /// representation tokens, so their output can be computed once and cached.
     pub fn first_layer(&self) -> usize {
@@ -534,7 +535,7 @@ impl<B: Backend> Mmrl<B> {
     }
 }
 
-impl<B: burn::tensor::backend::AutodiffBackend> Mmrl<B> {
+impl<B: ClipAutodiffBackend> Mmrl<B> {
     /// [`Mmrl::image_lower`] on the inner (non-autodiff) backend, brought
     /// back as a constant: the frozen lower layers record no graph.
     ///
@@ -557,7 +558,7 @@ impl<B: burn::tensor::backend::AutodiffBackend> Mmrl<B> {
     }
 }
 
-impl<B: Backend> Method<B> for Mmrl<B> {
+impl<B: ClipBackend> Method<B> for Mmrl<B> {
     const NAME: &'static str = "mmrl";
     const SUMMARY: &'static str =
         "MMRL (CVPR 2025): a shared representation space injected into both towers' higher layers";
@@ -620,7 +621,7 @@ impl<B: Backend> Method<B> for Mmrl<B> {
     /// the zero-shot target and the injected path.
     fn forward(&self, images: Tensor<B, 4>) -> MmrlOutput<B>
     where
-        B: burn::tensor::backend::AutodiffBackend,
+        B: ClipAutodiffBackend,
     {
         let inner: Mmrl<B::InnerBackend> = Mmrl {
             representation_learner: self.representation_learner.valid(),

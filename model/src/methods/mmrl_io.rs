@@ -26,6 +26,7 @@ use super::mmrl::{Mmrl, MmrlConfig};
 use crate::clip::loader::{transpose, Op};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
+use crate::ClipBackend;
 
 const PREFIX: &str = "representation_learner.";
 const R: &str = "representation_learner.compound_rep_tokens";
@@ -132,7 +133,7 @@ fn reference_source(param: &str) -> Option<(String, Op)> {
 
 /// Builds MMRL around `clip` from a checkpoint, checking every trainable
 /// tensor's presence and shape and that none is left unused.
-pub fn load_mmrl<B: Backend>(
+pub fn load_mmrl<B: ClipBackend>(
     path: &Path,
     clip: Clip<B>,
     rep_layers: Option<Vec<usize>>,
@@ -169,7 +170,7 @@ pub fn load_mmrl<B: Backend>(
 }
 
 /// The trainable tensors under the reference names, in PyTorch layout.
-pub fn mmrl_state<B: Backend>(model: &Mmrl<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn mmrl_state<B: ClipBackend>(model: &Mmrl<B>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
     let mut out = Vec::new();
     let to_vec = |t: Tensor<B, 2>| -> (Vec<usize>, Vec<f32>) {
         let dims = t.dims().to_vec();
@@ -211,6 +212,6 @@ pub fn mmrl_state<B: Backend>(model: &Mmrl<B>) -> Vec<(String, Vec<usize>, Vec<f
 
 /// Saves the trainable tensors as safetensors under the reference names,
 /// atomically (a temporary file renamed into place).
-pub fn save_mmrl_safetensors<B: Backend>(model: &Mmrl<B>, path: &Path) -> Result<()> {
+pub fn save_mmrl_safetensors<B: ClipBackend>(model: &Mmrl<B>, path: &Path) -> Result<()> {
     save_f32_safetensors(path, mmrl_state(model), None)
 }

@@ -29,12 +29,12 @@ use std::path::Path;
 
 use burn::module::{Module, ModuleDisplay};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clip::Clip;
 use crate::Result;
+use crate::{ClipAutodiffBackend, ClipBackend};
 
 pub mod checkpoint;
 pub mod comma;
@@ -89,7 +89,7 @@ impl ClassPrompts {
     ///
     /// # Shapes
     /// - output: (`[classes, seq]`, `[classes]`)
-    pub fn tensors<B: Backend>(
+    pub fn tensors<B: ClipBackend>(
         &self,
         device: &B::Device,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {
@@ -140,7 +140,7 @@ pub struct Prediction<B: Backend> {
 /// [`Method::set_classes`]): its prompts and whatever stays fixed for it
 /// (frozen lower layers, zero-shot targets), outside the trained
 /// parameters and the records.
-pub trait Method<B: Backend>: Module<B> + ModuleDisplay + 'static {
+pub trait Method<B: ClipBackend>: Module<B> + ModuleDisplay + 'static {
     /// The name on the command line, in configs and in checkpoints.
     const NAME: &'static str;
     /// One line for `--help` and the README.
@@ -186,7 +186,7 @@ pub trait Method<B: Backend>: Module<B> + ModuleDisplay + 'static {
     /// - `images`: `[batch, 3, size, size]`
     fn forward(&self, images: Tensor<B, 4>) -> Self::Output
     where
-        B: AutodiffBackend;
+        B: ClipAutodiffBackend;
 
     /// The training forward when the training images are the same in every
     /// epoch (training without augmentation), each named by its position in
@@ -198,7 +198,7 @@ pub trait Method<B: Backend>: Module<B> + ModuleDisplay + 'static {
     /// - `images`: `[batch, 3, size, size]`, `ids`: `batch` positions
     fn forward_fixed(&self, images: Tensor<B, 4>, ids: &[usize]) -> Self::Output
     where
-        B: AutodiffBackend,
+        B: ClipAutodiffBackend,
     {
         let _ = ids;
         self.forward(images)

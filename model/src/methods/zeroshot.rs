@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clip::Clip;
 use crate::methods::{fill_template, ClassPrompts, Classes, Method, MethodConfig, Prediction};
+use crate::{ClipAutodiffBackend, ClipBackend};
 use crate::{Frozen, Result};
 
 /// Zero-shot CLIP has no settings besides the run's template.
@@ -27,7 +28,7 @@ pub struct ZeroShot<B: Backend> {
     pub text_features: Frozen<Option<Tensor<B, 2>>>,
 }
 
-impl<B: Backend> ZeroShot<B> {
+impl<B: ClipBackend> ZeroShot<B> {
     /// Zero-shot CLIP around `clip`, which it freezes.
     pub fn new(clip: Clip<B>) -> Self {
         ZeroShot {
@@ -37,7 +38,7 @@ impl<B: Backend> ZeroShot<B> {
     }
 }
 
-impl<B: Backend> Method<B> for ZeroShot<B> {
+impl<B: ClipBackend> Method<B> for ZeroShot<B> {
     const NAME: &'static str = "zeroshot";
     const SUMMARY: &'static str = "zero-shot CLIP with hand-written prompts; nothing is trained";
     type Config = ZeroShotConfig;
@@ -75,7 +76,7 @@ impl<B: Backend> Method<B> for ZeroShot<B> {
 
     fn forward(&self, images: Tensor<B, 4>) -> Tensor<B, 2>
     where
-        B: burn::tensor::backend::AutodiffBackend,
+        B: ClipAutodiffBackend,
     {
         self.predict(images, &self.text(), Classes::Seen).logits
     }

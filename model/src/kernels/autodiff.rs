@@ -1,0 +1,148 @@
+//! The kernels on the autodiff backend: the inner backend's kernel forward,
+//! and its backward recorded in the graph.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::Autodiff;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorMetadata;
+
+use super::ClipBackend;
+
+impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
+    fn fused_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Linear;
+
+        impl<B: ClipBackend> Backward<B, 3> for Linear {
+            /// `x` (for the weight's gradient) and the weight (for `x`'s).
+            type State = (Option<NodeId>, Option<NodeId>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let (x, w) = ops.state;
+                let x: Option<B::FloatTensorPrimitive> =
+                    x.map(|id| checkpointer.retrieve_node_output(id));
+                let w: Option<B::FloatTensorPrimitive> =
+                    w.map(|id| checkpointer.retrieve_node_output(id));
+                let grad = grads.consume::<B>(&ops.node);
+                let [px, pw, pb] = ops.parents;
+                if let Some(node) = pb {
+                    let n = grad.shape()[1];
+                    let db = B::float_reshape(B::float_sum_dim(grad.clone(), 0), [n].into());
+                    grads.register::<B>(node.id, db);
+                }
+                if let Some(node) = pw {
+                    let x = x.expect("the input is kept when the weight needs a gradient");
+                    let dw = B::float_matmul(B::float_transpose(x), grad.clone());
+                    grads.register::<B>(node.id, dw);
+                }
+                if let Some(node) = px {
+                    let w = w.expect("the weight is kept when the input needs a gradient");
+                    grads.register::<B>(node.id, B::float_matmul(grad, B::float_transpose(w)));
+                }
+            }
+        }
+
+        let Some(bias) = bias else {
+            // No bias: the product alone, with its own backward.
+            return <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(x, weight);
+        };
+        let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+        match Linear
+            .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = w_tracked.then(|| prep.checkpoint(&x));
+                let w_state = x_tracked.then(|| prep.checkpoint(&weight));
+                let y = B::fused_linear(x.primitive, weight.primitive, Some(bias.primitive));
+                prep.finish((x_state, w_state), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_linear(
+                x.primitive,
+                weight.primitive,
+                Some(bias.primitive),
+            )),
+        }
+    }
+
+    fn quick_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct QuickGelu;
+
+        impl<B: ClipBackend> Backward<B, 1> for QuickGelu {
+            type State = NodeId;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let x: B::FloatTensorPrimitive = checkpointer.retrieve_node_output(ops.state);
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::quick_gelu_backward(x, grad)
+                });
+            }
+        }
+
+        match QuickGelu
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::quick_gelu(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::quick_gelu(x.primitive)),
+        }
+    }
+
+    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Softmax;
+
+        impl<B: ClipBackend> Backward<B, 1> for Softmax {
+            /// The softmax's output.
+            type State = B::FloatTensorPrimitive;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let p = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::softmax_last_backward(p, grad)
+                });
+            }
+        }
+
+        match Softmax
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let p = B::softmax_last(x.primitive);
+                prep.finish(p.clone(), p)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::softmax_last(x.primitive)),
+        }
+    }
+}

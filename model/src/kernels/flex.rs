@@ -1,0 +1,350 @@
+//! The specialised kernels of the default CPU backend, flex (f32; other
+//! dtypes take the composed forms).
+
+use burn::tensor::{DType, TensorData, TensorMetadata};
+use burn_flex::{Flex, FlexTensor};
+use rayon::prelude::*;
+
+use super::{composed, vecmath, ClipBackend};
+
+/// Element-wise work is split into tasks of this many values (64 KiB).
+const CHUNK: usize = 16 * 1024;
+/// Products of at least this many multiply-adds run on every core (flex's own threshold).
+const PARALLEL_GEMM: usize = 192 * 192 * 192;
+
+impl ClipBackend for Flex {
+    fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+        let f32s = x.dtype() == DType::F32
+            && weight.dtype() == DType::F32
+            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+        if !f32s {
+            return composed::fused_linear::<Flex>(x, weight, bias);
+        }
+        linear_f32(x, weight, bias)
+    }
+
+    fn quick_gelu(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return composed::quick_gelu::<Flex>(x);
+        }
+        map_f32(x, vecmath::quick_gelu_inplace)
+    }
+
+    fn quick_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+            return composed::quick_gelu_backward::<Flex>(x, grad);
+        }
+        let x = x.to_contiguous();
+        let mut g = owned_contiguous(grad);
+        let xs: &[f32] = x.storage();
+        let gs: &mut [f32] = g.storage_mut();
+        gs.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|(g, x)| vecmath::quick_gelu_grad_slice(x, g));
+        g
+    }
+
+    fn softmax_last(x: FlexTensor) -> FlexTensor {
+        let shape = x.shape();
+        let last = shape[shape.num_dims() - 1];
+        if x.dtype() != DType::F32 || last == 0 {
+            return composed::softmax_last::<Flex>(x);
+        }
+        let mut y = owned_contiguous(x);
+        let rows: &mut [f32] = y.storage_mut();
+        let per_task = (CHUNK / last).max(1) * last;
+        rows.par_chunks_mut(per_task)
+            .for_each(|r| vecmath::softmax_rows(r, last, 0, false));
+        y
+    }
+
+    fn softmax_last_backward(p: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let shape = p.shape();
+        let last = shape[shape.num_dims() - 1];
+        if p.dtype() != DType::F32 || grad.dtype() != DType::F32 || last == 0 {
+            return composed::softmax_last_backward::<Flex>(p, grad);
+        }
+        let p = p.to_contiguous();
+        let mut g = owned_contiguous(grad);
+        let ps: &[f32] = p.storage();
+        let gs: &mut [f32] = g.storage_mut();
+        let per_task = (CHUNK / last).max(1) * last;
+        gs.par_chunks_mut(per_task)
+            .zip(ps.par_chunks(per_task))
+            .for_each(|(g, p)| vecmath::softmax_grad_rows(p, g, last));
+        g
+    }
+
+    fn attention_core(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
+        let same = q.shape() == k.shape() && q.shape() == v.shape();
+        let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
+        if !same || !f32s || q.shape().num_dims() != 4 {
+            return composed::attention_core::<Flex>(q, k, v, causal);
+        }
+        attention_f32(q, k, v, causal)
+    }
+}
+
+/// A tensor whose storage this call may overwrite: contiguous, starting at
+/// the buffer's start, and not shared (copied otherwise).
+fn owned_contiguous(t: FlexTensor) -> FlexTensor {
+    let whole = t.layout().contiguous_offsets() == Some((0, t.shape().num_elements()))
+        && t.bytes().len() == t.shape().num_elements() * 4;
+    if t.is_unique() && t.is_contiguous() && whole {
+        t
+    } else {
+        let shape = t.shape();
+        let c = t.to_contiguous();
+        let (start, end) = c
+            .layout()
+            .contiguous_offsets()
+            .expect("a contiguous layout");
+        let data: Vec<f32> = c.storage::<f32>()[start..end].to_vec();
+        FlexTensor::from_data(TensorData::new(data, shape))
+    }
+}
+
+/// `f` over the values of `x`, in place when `x` is not shared.
+fn map_f32(x: FlexTensor, f: impl Fn(&mut [f32]) + Send + Sync) -> FlexTensor {
+    let mut y = owned_contiguous(x);
+    let values: &mut [f32] = y.storage_mut();
+    values.par_chunks_mut(CHUNK).for_each(f);
+    y
+}
+
+/// A matrix view for `gemm`: its first element and its row and column strides.
+struct View {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// The f32 storage of `t` with its layout's offset and strides, made
+/// contiguous first if a stride is negative or zero (flips, broadcasts).
+fn strided(t: FlexTensor) -> (FlexTensor, Vec<isize>) {
+    let t = if t.layout().has_positive_strides() && t.layout().strides().iter().all(|&s| s > 0) {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    let strides = t.layout().strides().to_vec();
+    (t, strides)
+}
+
+fn base_ptr(t: &FlexTensor) -> *const f32 {
+    let data: &[f32] = t.storage();
+    // SAFETY: the layout's offset lies inside the storage.
+    unsafe { data.as_ptr().add(t.layout().start_offset()) }
+}
+
+/// `dst = (read_dst ? dst : 0) + beta · lhs · rhs` for `m × k` by `k × n`.
+///
+/// # Safety
+/// Every view must address `m × k`, `k × n` and `m × n` valid elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: &View,
+    rhs: &View,
+    beta: f32,
+    parallel: bool,
+) {
+    let parallelism = if parallel && m.saturating_mul(n).saturating_mul(k) >= PARALLEL_GEMM {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            read_dst,
+            lhs.ptr,
+            lhs.cs,
+            lhs.rs,
+            rhs.ptr,
+            rhs.cs,
+            rhs.rs,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+fn linear_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
+    let [m, k] = dims2(&x);
+    let [kw, n] = dims2(&weight);
+    assert_eq!(
+        k, kw,
+        "fused_linear: x has {k} features, the weight expects {kw}"
+    );
+    let (x, xs) = strided(x);
+    let (w, ws) = strided(weight);
+    let mut out: Vec<f32>;
+    let read_dst = match &bias {
+        Some(b) => {
+            let b = b.to_contiguous();
+            let b: &[f32] = &b.storage::<f32>()[b.layout().start_offset()..][..n];
+            out = Vec::with_capacity(m * n);
+            // SAFETY: every element is written by the copy below before it is read.
+            #[allow(clippy::uninit_vec)]
+            unsafe {
+                out.set_len(m * n)
+            };
+            out.par_chunks_mut(n * (CHUNK / n).max(1))
+                .for_each(|rows| rows.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)));
+            true
+        }
+        None => {
+            out = vec![0.0; m * n];
+            false
+        }
+    };
+    let lhs = View {
+        ptr: base_ptr(&x),
+        rs: xs[0],
+        cs: xs[1],
+    };
+    let rhs = View {
+        ptr: base_ptr(&w),
+        rs: ws[0],
+        cs: ws[1],
+    };
+    // SAFETY: shapes checked above; `out` holds m × n values.
+    unsafe {
+        gemm_f32(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            n as isize,
+            read_dst,
+            &lhs,
+            &rhs,
+            1.0,
+            true,
+        )
+    };
+    FlexTensor::from_data(TensorData::new(out, [m, n]))
+}
+
+fn dims2(t: &FlexTensor) -> [usize; 2] {
+    let s = t.shape();
+    assert_eq!(
+        s.num_dims(),
+        2,
+        "fused_linear takes rank-2 tensors, got {s:?}"
+    );
+    [s[0], s[1]]
+}
+
+/// A pointer that tasks on other threads may write through: each task
+/// writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: see the type's documentation; the buffer outlives the tasks.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SharedIn(*const f32);
+// SAFETY: read-only while the tasks run.
+unsafe impl Send for SharedIn {}
+unsafe impl Sync for SharedIn {}
+impl SharedIn {
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
+    let shape = q.shape();
+    let [batch, heads, seq, head_dim] = [shape[0], shape[1], shape[2], shape[3]];
+    let (q, qs) = strided(q);
+    let (k, ks) = strided(k);
+    let (v, vs) = strided(v);
+    let (qp, kp, vp) = (
+        SharedIn(base_ptr(&q)),
+        SharedIn(base_ptr(&k)),
+        SharedIn(base_ptr(&v)),
+    );
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    // The output in [batch, seq, heads, head_dim] order.
+    let mut out = vec![0.0f32; batch * seq * heads * head_dim];
+    let op = SharedOut(out.as_mut_ptr());
+    let row = (heads * head_dim) as isize;
+    (0..batch * heads).into_par_iter().for_each_init(
+        || vec![0.0f32; seq * seq],
+        |scores, task| {
+            let (b, h) = ((task / heads) as isize, (task % heads) as isize);
+            let at = |p: SharedIn, s: &[isize]| {
+                // SAFETY: (b, h) is inside the tensor's first two dimensions.
+                unsafe { p.get().offset(b * s[0] + h * s[1]) }
+            };
+            let qv = View {
+                ptr: at(qp, &qs),
+                rs: qs[2],
+                cs: qs[3],
+            };
+            // kᵀ: row i of the right factor is column i of k.
+            let kt = View {
+                ptr: at(kp, &ks),
+                rs: ks[3],
+                cs: ks[2],
+            };
+            let vv = View {
+                ptr: at(vp, &vs),
+                rs: vs[2],
+                cs: vs[3],
+            };
+            // SAFETY: the views address [seq, head_dim] blocks of q, k, v;
+            // `scores` holds seq × seq values; this task's output block
+            // (batch b, head h) is written by no other task.
+            unsafe {
+                gemm_f32(
+                    seq,
+                    seq,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    seq as isize,
+                    false,
+                    &qv,
+                    &kt,
+                    scale,
+                    false,
+                );
+                vecmath::softmax_rows(scores, seq, 0, causal);
+                let p = View {
+                    ptr: scores.as_ptr(),
+                    rs: seq as isize,
+                    cs: 1,
+                };
+                let dst = op
+                    .get()
+                    .offset(b * seq as isize * row + h * head_dim as isize);
+                gemm_f32(seq, head_dim, seq, dst, row, false, &p, &vv, 1.0, false);
+            }
+        },
+    );
+    FlexTensor::from_data(TensorData::new(out, [batch, seq, heads, head_dim]))
+        .permute(&[0, 2, 1, 3])
+}
