@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--amp", action="store_true", help="autocast fp16 + GradScaler (cuda)")
+    ap.add_argument(
+        "--adamw", action="store_true", help="an AdamW update after the backward (lr 1e-3, wd 5e-4)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -87,6 +90,8 @@ def main() -> None:
     labels = (torch.arange(args.batch) % args.classes).to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     amp = args.amp and args.device == "cuda"
+    # The update `mmrl-bench --what method-step` times after its backward.
+    optim = torch.optim.AdamW(params, lr=1e-3, weight_decay=5e-4) if args.adamw else None
     scaler = torch.amp.GradScaler("cuda") if amp else None
 
     def step() -> None:
@@ -101,6 +106,8 @@ def main() -> None:
             scaler.scale(loss["loss_total"]).backward()
         else:
             loss["loss_total"].backward()
+        if optim is not None:
+            optim.step()
 
     def sync() -> None:
         if args.device == "cuda":
@@ -131,6 +138,7 @@ def main() -> None:
                 if args.device == "cuda" else None,
                 "model": "ViT-B/16",
                 "what": "mmrl-step",
+                "adamw": args.adamw,
                 "batch": args.batch,
                 "classes": args.classes,
                 "step_s": median,

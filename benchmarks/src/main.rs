@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! mmrl-bench --backend ndarray|flex|wgpu|cuda|cuda-bf16 [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
+//! mmrl-bench --what pretrain-epoch
 //! mmrl-bench --what loader [--workers N] [--cache] [--images 256] [--epochs 3] [--dir DIR]
 //! mmrl-bench --what mmrl-step [--backend flex|ndarray|wgpu|cuda] [--batch 4] [--prompts 100] [--iters 3]
 //! mmrl-bench --what method-step --method NAME [--backend flex|ndarray|wgpu|cuda] [--batch 4] [--prompts 100] [--iters 3]
@@ -13,6 +14,11 @@
 //! with the frozen lower image layers run twice (as before the method
 //! interface) and once (as the trainer runs it now); `--prompts` is the
 //! number of classes.
+//! `--what pretrain-epoch` times one epoch of the demo's small-CLIP
+//! pretraining with its CPU utilisation.
+//! `MMRL_CPU_KERNELS=composed` runs flex without the specialised kernels
+//! (`mmrl_model::kernels`), for before/after figures from one binary;
+//! `MMRL_BENCH_VERBOSE=1` prints every timed run.
 //! `--what loader` times the training data pipeline alone (decode, random
 //! resized crop to 224, flip, normalise, batches of 32 as tensors on flex) over
 //! synthetic 500×375 JPEG photos written to `--dir` once (default: a folder in
@@ -110,6 +116,9 @@ fn time<F: FnMut()>(iters: usize, mut f: F) -> (f64, f64) {
             t.elapsed().as_secs_f64()
         })
         .collect();
+    if std::env::var_os("MMRL_BENCH_VERBOSE").is_some() {
+        eprintln!("runs (s): {runs:.3?}");
+    }
     median_min(runs)
 }
 
@@ -290,6 +299,47 @@ fn profile<B: ClipBackend>(clip: &Clip<B>, batch: usize, device: &B::Device) {
     }
 }
 
+/// CPU time (user + system) this process has used, from `/proc/self/stat`.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
+/// One epoch of the demo's CLIP pretraining (`DemoConfig::full()`'s
+/// settings, `epochs = 1`) on flex under autodiff, with the wall time, the
+/// CPU time and the cores' utilisation.
+fn pretrain_epoch() -> Result<(), String> {
+    use mmrl_train::demo::DemoConfig;
+    type AB = burn::backend::Autodiff<burn::backend::Flex>;
+    let mut cfg = DemoConfig::full().pretrain;
+    cfg.epochs = 1;
+    let tokenizer = ClipTokenizer::bundled();
+    let dir = std::env::temp_dir().join(format!("mmrl-bench-pretrain-{}", std::process::id()));
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let result = mmrl_train::pretrain::pretrain::<AB>(&cfg, &tokenizer, &dir, &Default::default());
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|e| e.to_string())?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "{}",
+        serde_json::json!({
+            "framework": "burn", "backend": "flex", "what": "pretrain-epoch",
+            "kernels": if mmrl_model::kernels::specialised() { "specialised" } else { "composed" },
+            "steps": cfg.steps_per_epoch, "batch": cfg.batch_size,
+            "epoch_s": wall, "cpu_s": cpu, "cores": cores,
+            "cpu_utilisation": cpu.map(|c| c / wall / cores as f64),
+        })
+    );
+    Ok(())
+}
+
 fn main() {
     let args = match parse() {
         Ok(a) => a,
@@ -334,6 +384,13 @@ fn main() {
             on_autodiff!(method_step)
         };
         if let Err(e) = result {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    if args.what == "pretrain-epoch" {
+        if let Err(e) = pretrain_epoch() {
             eprintln!("error: {e}");
             std::process::exit(2);
         }

@@ -112,7 +112,7 @@ impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
         }
     }
 
-    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn softmax_last(x: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Softmax;
 
@@ -139,10 +139,10 @@ impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let p = B::softmax_last(x.primitive);
+                let p = B::softmax_last(x.primitive, causal);
                 prep.finish(p.clone(), p)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::softmax_last(x.primitive)),
+            OpsKind::UnTracked(prep) => prep.finish(B::softmax_last(x.primitive, causal)),
         }
     }
 }

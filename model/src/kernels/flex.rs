@@ -12,26 +12,54 @@ const CHUNK: usize = 16 * 1024;
 /// Products of at least this many multiply-adds run on every core (flex's own threshold).
 const PARALLEL_GEMM: usize = 192 * 192 * 192;
 
+/// Whether the specialised kernels run: yes, unless the environment sets
+/// `MMRL_CPU_KERNELS=composed` (read once), which runs the composed forms
+/// instead, to compare speed or to rule the kernels out when chasing a bug.
+pub fn specialised() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MMRL_CPU_KERNELS").map_or(true, |v| v != "composed"))
+}
+
 impl ClipBackend for Flex {
     fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
         let f32s = x.dtype() == DType::F32
             && weight.dtype() == DType::F32
             && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        if !f32s {
+        if !f32s || !specialised() {
             return composed::fused_linear::<Flex>(x, weight, bias);
         }
         linear_f32(x, weight, bias)
     }
 
     fn quick_gelu(x: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 {
+        if x.dtype() != DType::F32 || !specialised() {
             return composed::quick_gelu::<Flex>(x);
         }
-        map_f32(x, vecmath::quick_gelu_inplace)
+        if writable(&x) {
+            let mut y = x;
+            let values: &mut [f32] = y.storage_mut();
+            values
+                .par_chunks_mut(CHUNK)
+                .for_each(vecmath::quick_gelu_inplace);
+            return y;
+        }
+        // Shared (the autodiff graph keeps it): into a new buffer, in one pass.
+        let shape = x.shape();
+        let x = x.to_contiguous();
+        let (start, end) = x
+            .layout()
+            .contiguous_offsets()
+            .expect("a contiguous layout");
+        let src = &x.storage::<f32>()[start..end];
+        let mut out = vec![0.0f32; src.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(o, s)| vecmath::quick_gelu_to(s, o));
+        FlexTensor::from_data(TensorData::new(out, shape))
     }
 
     fn quick_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || !specialised() {
             return composed::quick_gelu_backward::<Flex>(x, grad);
         }
         let x = x.to_contiguous();
@@ -44,24 +72,27 @@ impl ClipBackend for Flex {
         g
     }
 
-    fn softmax_last(x: FlexTensor) -> FlexTensor {
+    fn softmax_last(x: FlexTensor, causal: bool) -> FlexTensor {
         let shape = x.shape();
-        let last = shape[shape.num_dims() - 1];
-        if x.dtype() != DType::F32 || last == 0 {
-            return composed::softmax_last::<Flex>(x);
+        let dims = shape.num_dims();
+        let last = shape[dims - 1];
+        let square = dims >= 2 && shape[dims - 2] == last;
+        if x.dtype() != DType::F32 || last == 0 || (causal && !square) || !specialised() {
+            return composed::softmax_last::<Flex>(x, causal);
         }
         let mut y = owned_contiguous(x);
         let rows: &mut [f32] = y.storage_mut();
-        let per_task = (CHUNK / last).max(1) * last;
-        rows.par_chunks_mut(per_task)
-            .for_each(|r| vecmath::softmax_rows(r, last, 0, false));
+        let rows_per_task = (CHUNK / last).max(1);
+        rows.par_chunks_mut(rows_per_task * last)
+            .enumerate()
+            .for_each(|(i, r)| vecmath::softmax_rows(r, last, i * rows_per_task, causal));
         y
     }
 
     fn softmax_last_backward(p: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let shape = p.shape();
         let last = shape[shape.num_dims() - 1];
-        if p.dtype() != DType::F32 || grad.dtype() != DType::F32 || last == 0 {
+        if p.dtype() != DType::F32 || grad.dtype() != DType::F32 || last == 0 || !specialised() {
             return composed::softmax_last_backward::<Flex>(p, grad);
         }
         let p = p.to_contiguous();
@@ -78,19 +109,26 @@ impl ClipBackend for Flex {
     fn attention_core(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
         let same = q.shape() == k.shape() && q.shape() == v.shape();
         let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
-        if !same || !f32s || q.shape().num_dims() != 4 {
+        if !same || !f32s || q.shape().num_dims() != 4 || !specialised() {
             return composed::attention_core::<Flex>(q, k, v, causal);
         }
         attention_f32(q, k, v, causal)
     }
 }
 
-/// A tensor whose storage this call may overwrite: contiguous, starting at
-/// the buffer's start, and not shared (copied otherwise).
+/// Whether this call may overwrite `t`'s storage: contiguous, the whole
+/// buffer, and not shared.
+fn writable(t: &FlexTensor) -> bool {
+    let n = t.shape().num_elements();
+    t.is_unique()
+        && t.is_contiguous()
+        && t.layout().contiguous_offsets() == Some((0, n))
+        && t.bytes().len() == n * 4
+}
+
+/// `t` if this call may overwrite it, else a contiguous copy.
 fn owned_contiguous(t: FlexTensor) -> FlexTensor {
-    let whole = t.layout().contiguous_offsets() == Some((0, t.shape().num_elements()))
-        && t.bytes().len() == t.shape().num_elements() * 4;
-    if t.is_unique() && t.is_contiguous() && whole {
+    if writable(&t) {
         t
     } else {
         let shape = t.shape();
@@ -102,14 +140,6 @@ fn owned_contiguous(t: FlexTensor) -> FlexTensor {
         let data: Vec<f32> = c.storage::<f32>()[start..end].to_vec();
         FlexTensor::from_data(TensorData::new(data, shape))
     }
-}
-
-/// `f` over the values of `x`, in place when `x` is not shared.
-fn map_f32(x: FlexTensor, f: impl Fn(&mut [f32]) + Send + Sync) -> FlexTensor {
-    let mut y = owned_contiguous(x);
-    let values: &mut [f32] = y.storage_mut();
-    values.par_chunks_mut(CHUNK).for_each(f);
-    y
 }
 
 /// A matrix view for `gemm`: its first element and its row and column strides.

@@ -24,12 +24,16 @@
 //! attention core on autodiff is composed of products and [`softmax_last`], so
 //! its gradient follows from theirs.
 //!
+//! `MMRL_CPU_KERNELS=composed` in the environment makes flex run the
+//! composed forms too (to compare speed, or to rule the kernels out).
+//!
 //! Every specialised kernel equals its composed form within 1e-6 relative
 //! (the property tests in `tests`, over odd shapes, strided inputs and the
 //! causal mask).
 
 mod autodiff;
 mod flex;
+pub use flex::specialised;
 pub mod vecmath;
 
 use burn::prelude::*;
@@ -62,9 +66,11 @@ pub trait ClipBackend: Backend {
         composed::quick_gelu_backward::<Self>(x, grad)
     }
 
-    /// Softmax over the last dimension.
-    fn softmax_last(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        composed::softmax_last::<Self>(x)
+    /// Softmax over the last dimension; with `causal`, of square trailing
+    /// `[seq, seq]` blocks whose row `i` keeps only entries `0..=i` (the
+    /// others are 0), as a causal attention mask gives.
+    fn softmax_last(x: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
+        composed::softmax_last::<Self>(x, causal)
     }
 
     /// The gradient through [`ClipBackend::softmax_last`], given its output `p`.
@@ -123,7 +129,7 @@ pub fn quick_gelu<B: ClipBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 
 
 /// Softmax over the last dimension.
 pub fn softmax_last<B: ClipBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    float(B::softmax_last(prim(x)))
+    float(B::softmax_last(prim(x), false))
 }
 
 /// `softmax(q kᵀ / √head_dim [+ causal mask]) v`, all `[batch, heads, seq, head_dim]`.
@@ -182,9 +188,23 @@ pub mod composed {
         B::float_reshape(prim(grad * d), shape)
     }
 
-    /// Burn's softmax over the last dimension.
-    pub fn softmax_last<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
-        let dims = x.shape().num_dims();
+    /// Burn's softmax over the last dimension, after a causal mask (`-inf`
+    /// above the diagonal of the trailing `[seq, seq]` blocks) if asked.
+    pub fn softmax_last<B: Backend>(x: FloatTensor<B>, causal: bool) -> FloatTensor<B> {
+        let shape = x.shape();
+        let dims = shape.num_dims();
+        let x = if causal {
+            let (seq, rows) = (shape[dims - 1], shape.num_elements() / shape[dims - 1]);
+            let x = float::<B, 3>(B::float_reshape(x, [rows / seq, seq, seq].into()));
+            let mask = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &x.device());
+            let x = x.mask_fill(
+                mask.unsqueeze::<3>().expand([rows / seq, seq, seq]),
+                f32::NEG_INFINITY,
+            );
+            B::float_reshape(prim(x), shape)
+        } else {
+            x
+        };
         B::softmax(x, dims - 1)
     }
 
@@ -202,8 +222,9 @@ pub mod composed {
         B::float_reshape(prim(p * (g - dot)), shape)
     }
 
-    /// Two batched products around [`ClipBackend::softmax_last`] (so that on
-    /// the autodiff backend the softmax's own backward is used).
+    /// Two batched products around [`ClipBackend::softmax_last`], which also
+    /// applies the causal mask (so that on the autodiff backend the softmax's
+    /// own backward is used, and flex masks inside its softmax kernel).
     pub fn attention_core<B: ClipBackend>(
         q: FloatTensor<B>,
         k: FloatTensor<B>,
@@ -211,18 +232,11 @@ pub mod composed {
         causal: bool,
     ) -> FloatTensor<B> {
         let q = float::<B, 4>(q);
-        let [batch, heads, seq, head_dim] = q.dims();
+        let head_dim = q.dims()[3];
         let scores = q
             .matmul(float::<B, 4>(k).swap_dims(2, 3))
             .mul_scalar(1.0 / (head_dim as f64).sqrt());
-        let scores = if causal {
-            let mask = Tensor::<B, 2, Bool>::tril_mask([seq, seq], 0, &scores.device());
-            let mask = mask.unsqueeze::<4>().expand([batch, heads, seq, seq]);
-            scores.mask_fill(mask, f32::NEG_INFINITY)
-        } else {
-            scores
-        };
-        let p = B::softmax_last(prim(scores));
+        let p = B::softmax_last(prim(scores), causal);
         prim(float::<B, 4>(p).matmul(float(v)))
     }
 }

@@ -133,6 +133,13 @@ fn quick_gelu_and_softmax_match_the_composed_ops() {
             "softmax, strided",
         );
     }
+    // The causal form (the text tower's attention), against Burn's softmax after the mask.
+    let x = rand::<F, 4>([2, 3, 7, 7], 400);
+    close(
+        float::<F, 4>(F::softmax_last(prim(x.clone()), true)),
+        float(composed::softmax_last::<F>(prim(x), true)),
+        "causal softmax",
+    );
     // -inf entries (a mask) give exact zeros.
     let x = Tensor::<F, 2>::from_floats([[0.5, f32::NEG_INFINITY, 2.0]], &Default::default());
     let p = softmax_last(x).into_data().to_vec::<f32>().unwrap();

@@ -11,8 +11,8 @@
 //!
 //! Every loop is compiled three times, for AVX-512, AVX2 + FMA and the
 //! baseline, and the widest one the CPU has is chosen at run time
-//! (`is_x86_feature_detected!`), so one binary runs on AVX2-only and AVX-512
-//! machines alike.
+//! ([`level`]), so one binary runs on AVX2-only and AVX-512 machines alike;
+//! the three give bit-identical results (`every_level_gives_the_same_bits`).
 
 /// Below this, `exp(x)` is under the smallest normal `f32` and is returned as 0.
 const EXP_LO: f32 = -87.336_55;
@@ -150,31 +150,88 @@ fn softmax_grad_row1(p: &[f32], g: &mut [f32]) {
     }
 }
 
-/// Defines `pub fn $name(args)` that runs `$body` compiled for AVX-512, for
-/// AVX2 + FMA, or for the baseline, whichever the CPU has (checked at run time).
+/// The instruction sets the loops below are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// AVX-512 (F and VL), with AVX2 and FMA.
+    Avx512,
+    /// AVX2 with FMA.
+    Avx2,
+    /// The target's baseline (SSE2 on x86-64; NEON on aarch64, where LLVM
+    /// vectorises these loops without run-time selection).
+    Baseline,
+}
+
+impl Level {
+    /// Whether this CPU can run code compiled for `self`.
+    pub fn available(self) -> bool {
+        match self {
+            Level::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => {
+                Level::Avx2.available()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// The widest level this CPU has, or the one `MMRL_CPU_SIMD=avx512|avx2|baseline`
+/// asks for when the CPU has it (to measure an AVX2-only machine on an AVX-512
+/// one). Decided once.
+pub fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let asked = match std::env::var("MMRL_CPU_SIMD").as_deref() {
+            Ok("avx512") => Some(Level::Avx512),
+            Ok("avx2") => Some(Level::Avx2),
+            Ok("baseline") => Some(Level::Baseline),
+            _ => None,
+        };
+        asked.filter(|l| l.available()).unwrap_or_else(|| {
+            [Level::Avx512, Level::Avx2, Level::Baseline]
+                .into_iter()
+                .find(|l| l.available())
+                .unwrap_or(Level::Baseline)
+        })
+    })
+}
+
+/// Defines `pub fn $name(args)`, which runs `$body` compiled for [`level`],
+/// and `pub fn ${name}_at(level, args)` for a given [`Level`] (which must be
+/// available).
 macro_rules! dispatch {
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* pub fn $name:ident / $name_at:ident($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
         pub fn $name($($arg: $ty),*) {
+            $name_at(level(), $($arg),*)
+        }
+
+        /// As the function without `_at`, compiled for `level`.
+        pub fn $name_at(level: Level, $($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body
+            assert!(level.available(), "this CPU cannot run {level:?} code");
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                {
-                    // SAFETY: the CPU has the features the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                match level {
+                    // SAFETY: the CPU has the features (checked above).
+                    Level::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                    Level::Avx2 => return unsafe { avx2($($arg),*) },
+                    Level::Baseline => {}
                 }
             }
             body($($arg),*)
@@ -184,7 +241,7 @@ macro_rules! dispatch {
 
 dispatch! {
     /// `v[i] ← e^(v[i])`.
-    pub fn exp_inplace(v: &mut [f32]) {
+    pub fn exp_inplace / exp_inplace_at(v: &mut [f32]) {
         for x in v.iter_mut() {
             *x = exp(*x);
         }
@@ -193,7 +250,7 @@ dispatch! {
 
 dispatch! {
     /// `v[i] ← QuickGELU(v[i])`.
-    pub fn quick_gelu_inplace(v: &mut [f32]) {
+    pub fn quick_gelu_inplace / quick_gelu_inplace_at(v: &mut [f32]) {
         for x in v.iter_mut() {
             *x = quick_gelu1(*x);
         }
@@ -201,8 +258,17 @@ dispatch! {
 }
 
 dispatch! {
+    /// `out[i] = QuickGELU(x[i])`.
+    pub fn quick_gelu_to / quick_gelu_to_at(x: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = quick_gelu1(v);
+        }
+    }
+}
+
+dispatch! {
     /// `g[i] ← g[i] · QuickGELU'(x[i])`.
-    pub fn quick_gelu_grad_slice(x: &[f32], g: &mut [f32]) {
+    pub fn quick_gelu_grad_slice / quick_gelu_grad_slice_at(x: &[f32], g: &mut [f32]) {
         for (g, &v) in g.iter_mut().zip(x) {
             *g = quick_gelu_grad1(v, *g);
         }
@@ -213,7 +279,7 @@ dispatch! {
     /// Softmax of each `row_len`-long row of `rows`, in place; with `causal`,
     /// row `i` (counted from `first_row`, modulo `row_len`) keeps only its
     /// first `i + 1` entries (the others become 0).
-    pub fn softmax_rows(rows: &mut [f32], row_len: usize, first_row: usize, causal: bool) {
+    pub fn softmax_rows / softmax_rows_at(rows: &mut [f32], row_len: usize, first_row: usize, causal: bool) {
         for (i, row) in rows.chunks_exact_mut(row_len).enumerate() {
             let valid = if causal { ((first_row + i) % row_len) + 1 } else { row_len };
             softmax_row1(row, valid);
@@ -223,7 +289,7 @@ dispatch! {
 
 dispatch! {
     /// `g ← p · (g − Σ p·g)` for each `row_len`-long row.
-    pub fn softmax_grad_rows(p: &[f32], g: &mut [f32], row_len: usize) {
+    pub fn softmax_grad_rows / softmax_grad_rows_at(p: &[f32], g: &mut [f32], row_len: usize) {
         for (p, g) in p.chunks_exact(row_len).zip(g.chunks_exact_mut(row_len)) {
             softmax_grad_row1(p, g);
         }
@@ -275,6 +341,37 @@ mod tests {
             worst.0,
             worst.1
         );
+    }
+
+    #[test]
+    fn every_level_gives_the_same_bits() {
+        let xs: Vec<f32> = (0..10_007)
+            .map(|i| (i as f32 * 0.7919).sin() * 40.0)
+            .collect();
+        let levels: Vec<Level> = [Level::Avx512, Level::Avx2, Level::Baseline]
+            .into_iter()
+            .filter(|l| l.available())
+            .collect();
+        let run = |level| {
+            let mut e = xs.clone();
+            exp_inplace_at(level, &mut e);
+            let mut q = xs.clone();
+            quick_gelu_inplace_at(level, &mut q);
+            let mut q2 = vec![0.0; xs.len()];
+            quick_gelu_to_at(level, &xs, &mut q2);
+            assert_eq!(q, q2);
+            let mut g = vec![0.5; xs.len()];
+            quick_gelu_grad_slice_at(level, &xs, &mut g);
+            let mut p = xs[..10_000].to_vec();
+            softmax_rows_at(level, &mut p, 100, 0, true);
+            let mut pg = xs[..10_000].to_vec();
+            softmax_grad_rows_at(level, &p, &mut pg, 100);
+            [e, q, g, p, pg].map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+        };
+        let want = run(Level::Baseline);
+        for level in levels {
+            assert_eq!(run(level), want, "{level:?} differs from the baseline");
+        }
     }
 
     #[test]
