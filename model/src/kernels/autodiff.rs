@@ -145,4 +145,57 @@ impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::softmax_last(x.primitive, causal)),
         }
     }
+
+    fn attention_core(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Attention;
+
+        impl<B: ClipBackend> Backward<B, 3> for Attention {
+            /// q, k, v and the attention probabilities.
+            type State = [B::FloatTensorPrimitive; 4];
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [q, k, v, p] = ops.state;
+                let grad = grads.consume::<B>(&ops.node);
+                let [dq, dk, dv] = B::attention_core_backward(q, k, v, p, grad);
+                for (parent, d) in ops.parents.into_iter().zip([dq, dk, dv]) {
+                    if let Some(node) = parent {
+                        grads.register::<B>(node.id, d);
+                    }
+                }
+            }
+        }
+
+        match Attention
+            .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, p) = B::attention_core_with_probs(
+                    q.primitive.clone(),
+                    k.primitive.clone(),
+                    v.primitive.clone(),
+                    causal,
+                );
+                prep.finish([q.primitive, k.primitive, v.primitive, p], out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::attention_core(
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                causal,
+            )),
+        }
+    }
 }

@@ -107,13 +107,46 @@ impl ClipBackend for Flex {
     }
 
     fn attention_core(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
-        let same = q.shape() == k.shape() && q.shape() == v.shape();
-        let f32s = [&q, &k, &v].iter().all(|t| t.dtype() == DType::F32);
-        if !same || !f32s || q.shape().num_dims() != 4 || !specialised() {
+        if !attention_fits(&q, &k, &v) || !specialised() {
             return composed::attention_core::<Flex>(q, k, v, causal);
         }
-        attention_f32(q, k, v, causal)
+        attention_f32(q, k, v, causal, false).0
     }
+
+    fn attention_core_with_probs(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        causal: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        if !attention_fits(&q, &k, &v) || !specialised() {
+            return composed::attention_core_with_probs::<Flex>(q, k, v, causal);
+        }
+        let (out, p) = attention_f32(q, k, v, causal, true);
+        (out, p.expect("probabilities were asked for"))
+    }
+
+    fn attention_core_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        p: FlexTensor,
+        grad: FlexTensor,
+    ) -> [FlexTensor; 3] {
+        let f32s = p.dtype() == DType::F32 && grad.dtype() == DType::F32;
+        if !attention_fits(&q, &k, &v) || !f32s || grad.shape() != q.shape() || !specialised() {
+            return composed::attention_core_backward::<Flex>(q, k, v, p, grad);
+        }
+        attention_backward_f32(q, k, v, p, grad)
+    }
+}
+
+/// q, k and v of one `[batch, heads, seq, head_dim]` shape, in f32.
+fn attention_fits(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor) -> bool {
+    q.shape() == k.shape()
+        && q.shape() == v.shape()
+        && q.shape().num_dims() == 4
+        && [q, k, v].iter().all(|t| t.dtype() == DType::F32)
 }
 
 /// Whether this call may overwrite `t`'s storage: contiguous, the whole
@@ -306,9 +339,43 @@ impl SharedIn {
     }
 }
 
-fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> FlexTensor {
+/// One (batch, head) block of a `[batch, heads, seq, head_dim]` tensor as a
+/// `[seq, head_dim]` matrix view (or its transpose).
+fn block(p: SharedIn, s: &[isize], b: isize, h: isize, transposed: bool) -> View {
+    // SAFETY: (b, h) is inside the tensor's first two dimensions.
+    let ptr = unsafe { p.get().offset(b * s[0] + h * s[1]) };
+    if transposed {
+        View {
+            ptr,
+            rs: s[3],
+            cs: s[2],
+        }
+    } else {
+        View {
+            ptr,
+            rs: s[2],
+            cs: s[3],
+        }
+    }
+}
+
+/// A `[batch, seq, heads, head_dim]` buffer, viewed as `[batch, heads, seq, head_dim]`.
+fn heads_view(data: Vec<f32>, [batch, heads, seq, head_dim]: [usize; 4]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, [batch, seq, heads, head_dim]))
+        .permute(&[0, 2, 1, 3])
+}
+
+/// The attention core, one task per (batch, head); with `keep_probs`, also
+/// the probabilities `[batch, heads, seq, seq]`.
+fn attention_f32(
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    causal: bool,
+    keep_probs: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
     let shape = q.shape();
-    let [batch, heads, seq, head_dim] = [shape[0], shape[1], shape[2], shape[3]];
+    let dims @ [batch, heads, seq, head_dim] = [shape[0], shape[1], shape[2], shape[3]];
     let (q, qs) = strided(q);
     let (k, ks) = strided(k);
     let (v, vs) = strided(v);
@@ -322,59 +389,184 @@ fn attention_f32(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> F
     let mut out = vec![0.0f32; batch * seq * heads * head_dim];
     let op = SharedOut(out.as_mut_ptr());
     let row = (heads * head_dim) as isize;
+    let task = |t: usize, scores: &mut [f32]| {
+        let (b, h) = ((t / heads) as isize, (t % heads) as isize);
+        let (qv, kt, vv) = (
+            block(qp, &qs, b, h, false),
+            block(kp, &ks, b, h, true),
+            block(vp, &vs, b, h, false),
+        );
+        // SAFETY: the views address [seq, head_dim] blocks of q, k, v;
+        // `scores` holds seq × seq values; this task's output block
+        // (batch b, head h) is written by no other task.
+        unsafe {
+            gemm_f32(
+                seq,
+                seq,
+                head_dim,
+                scores.as_mut_ptr(),
+                seq as isize,
+                false,
+                &qv,
+                &kt,
+                scale,
+                false,
+            );
+            vecmath::softmax_rows(scores, seq, 0, causal);
+            let p = View {
+                ptr: scores.as_ptr(),
+                rs: seq as isize,
+                cs: 1,
+            };
+            let dst = op
+                .get()
+                .offset(b * seq as isize * row + h * head_dim as isize);
+            gemm_f32(seq, head_dim, seq, dst, row, false, &p, &vv, 1.0, false);
+        }
+    };
+    let probs = if keep_probs {
+        let mut probs = vec![0.0f32; batch * heads * seq * seq];
+        probs
+            .par_chunks_mut(seq * seq)
+            .enumerate()
+            .for_each(|(t, scores)| task(t, scores));
+        Some(FlexTensor::from_data(TensorData::new(
+            probs,
+            [batch, heads, seq, seq],
+        )))
+    } else {
+        (0..batch * heads)
+            .into_par_iter()
+            .for_each_init(|| vec![0.0f32; seq * seq], |scores, t| task(t, scores));
+        None
+    };
+    (heads_view(out, dims), probs)
+}
+
+/// The attention core's gradients, one task per (batch, head): `dv = pᵀ g`,
+/// `ds = p ⊙ (g vᵀ − rowsum(p ⊙ g vᵀ))`, `dq = ds k / √d`, `dk = dsᵀ q / √d`,
+/// each written in `[batch, seq, heads, head_dim]` order.
+fn attention_backward_f32(
+    q: FlexTensor,
+    k: FlexTensor,
+    v: FlexTensor,
+    p: FlexTensor,
+    grad: FlexTensor,
+) -> [FlexTensor; 3] {
+    let shape = q.shape();
+    let dims @ [batch, heads, seq, head_dim] = [shape[0], shape[1], shape[2], shape[3]];
+    let (q, qs) = strided(q);
+    let (k, ks) = strided(k);
+    let (v, vs) = strided(v);
+    let (g, gs) = strided(grad);
+    let p = p.to_contiguous();
+    let (p_start, _) = p
+        .layout()
+        .contiguous_offsets()
+        .expect("a contiguous layout");
+    let probs = &p.storage::<f32>()[p_start..][..batch * heads * seq * seq];
+    let (qp, kp, vp, gp) = (
+        SharedIn(base_ptr(&q)),
+        SharedIn(base_ptr(&k)),
+        SharedIn(base_ptr(&v)),
+        SharedIn(base_ptr(&g)),
+    );
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let n = batch * seq * heads * head_dim;
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    let (dqp, dkp, dvp) = (
+        SharedOut(dq.as_mut_ptr()),
+        SharedOut(dk.as_mut_ptr()),
+        SharedOut(dv.as_mut_ptr()),
+    );
+    let row = (heads * head_dim) as isize;
     (0..batch * heads).into_par_iter().for_each_init(
         || vec![0.0f32; seq * seq],
-        |scores, task| {
-            let (b, h) = ((task / heads) as isize, (task % heads) as isize);
-            let at = |p: SharedIn, s: &[isize]| {
-                // SAFETY: (b, h) is inside the tensor's first two dimensions.
-                unsafe { p.get().offset(b * s[0] + h * s[1]) }
+        |ds, t| {
+            let (b, h) = ((t / heads) as isize, (t % heads) as isize);
+            let pb = &probs[t * seq * seq..][..seq * seq];
+            let p_t = View {
+                ptr: pb.as_ptr(),
+                rs: 1,
+                cs: seq as isize,
             };
-            let qv = View {
-                ptr: at(qp, &qs),
-                rs: qs[2],
-                cs: qs[3],
-            };
-            // kᵀ: row i of the right factor is column i of k.
-            let kt = View {
-                ptr: at(kp, &ks),
-                rs: ks[3],
-                cs: ks[2],
-            };
-            let vv = View {
-                ptr: at(vp, &vs),
-                rs: vs[2],
-                cs: vs[3],
-            };
-            // SAFETY: the views address [seq, head_dim] blocks of q, k, v;
-            // `scores` holds seq × seq values; this task's output block
-            // (batch b, head h) is written by no other task.
+            let gv = block(gp, &gs, b, h, false);
+            let at = b * seq as isize * row + h * head_dim as isize;
+            // SAFETY: the views address this (b, h)'s blocks; `ds` holds
+            // seq × seq values; the three output blocks of (b, h) are written
+            // by no other task.
             unsafe {
+                // dv = pᵀ g
+                gemm_f32(
+                    seq,
+                    head_dim,
+                    seq,
+                    dvp.get().offset(at),
+                    row,
+                    false,
+                    &p_t,
+                    &gv,
+                    1.0,
+                    false,
+                );
+                // ds = softmax'(p) · (g vᵀ)
+                let vt = block(vp, &vs, b, h, true);
                 gemm_f32(
                     seq,
                     seq,
                     head_dim,
-                    scores.as_mut_ptr(),
+                    ds.as_mut_ptr(),
                     seq as isize,
                     false,
-                    &qv,
-                    &kt,
-                    scale,
+                    &gv,
+                    &vt,
+                    1.0,
                     false,
                 );
-                vecmath::softmax_rows(scores, seq, 0, causal);
-                let p = View {
-                    ptr: scores.as_ptr(),
+                vecmath::softmax_grad_rows(pb, ds, seq);
+                // dq = ds k / √d, dk = dsᵀ q / √d
+                let ds_view = View {
+                    ptr: ds.as_ptr(),
                     rs: seq as isize,
                     cs: 1,
                 };
-                let dst = op
-                    .get()
-                    .offset(b * seq as isize * row + h * head_dim as isize);
-                gemm_f32(seq, head_dim, seq, dst, row, false, &p, &vv, 1.0, false);
+                let ds_t = View {
+                    ptr: ds.as_ptr(),
+                    rs: 1,
+                    cs: seq as isize,
+                };
+                let kv = block(kp, &ks, b, h, false);
+                gemm_f32(
+                    seq,
+                    head_dim,
+                    seq,
+                    dqp.get().offset(at),
+                    row,
+                    false,
+                    &ds_view,
+                    &kv,
+                    scale,
+                    false,
+                );
+                let qv = block(qp, &qs, b, h, false);
+                gemm_f32(
+                    seq,
+                    head_dim,
+                    seq,
+                    dkp.get().offset(at),
+                    row,
+                    false,
+                    &ds_t,
+                    &qv,
+                    scale,
+                    false,
+                );
             }
         },
     );
-    FlexTensor::from_data(TensorData::new(out, [batch, seq, heads, head_dim]))
-        .permute(&[0, 2, 1, 3])
+    [
+        heads_view(dq, dims),
+        heads_view(dk, dims),
+        heads_view(dv, dims),
+    ]
 }

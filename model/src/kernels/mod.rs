@@ -89,6 +89,29 @@ pub trait ClipBackend: Backend {
     ) -> FloatTensor<Self> {
         composed::attention_core::<Self>(q, k, v, causal)
     }
+
+    /// [`ClipBackend::attention_core`] that also returns the attention
+    /// probabilities `[batch, heads, seq, seq]`, for the backward.
+    fn attention_core_with_probs(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed::attention_core_with_probs::<Self>(q, k, v, causal)
+    }
+
+    /// The gradients of `q`, `k` and `v` through [`ClipBackend::attention_core`],
+    /// given its probabilities `p` and the output's gradient `grad`.
+    fn attention_core_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        p: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        composed::attention_core_backward::<Self>(q, k, v, p, grad)
+    }
 }
 
 /// An autodiff backend whose inner backend also has CLIP's kernels (what
@@ -223,21 +246,49 @@ pub mod composed {
     }
 
     /// Two batched products around [`ClipBackend::softmax_last`], which also
-    /// applies the causal mask (so that on the autodiff backend the softmax's
-    /// own backward is used, and flex masks inside its softmax kernel).
+    /// applies the causal mask.
     pub fn attention_core<B: ClipBackend>(
         q: FloatTensor<B>,
         k: FloatTensor<B>,
         v: FloatTensor<B>,
         causal: bool,
     ) -> FloatTensor<B> {
+        attention_core_with_probs::<B>(q, k, v, causal).0
+    }
+
+    /// The composed attention core and its probabilities.
+    pub fn attention_core_with_probs<B: ClipBackend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        causal: bool,
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
         let q = float::<B, 4>(q);
         let head_dim = q.dims()[3];
         let scores = q
             .matmul(float::<B, 4>(k).swap_dims(2, 3))
             .mul_scalar(1.0 / (head_dim as f64).sqrt());
         let p = B::softmax_last(prim(scores), causal);
-        prim(float::<B, 4>(p).matmul(float(v)))
+        (prim(float::<B, 4>(p.clone()).matmul(float(v))), p)
+    }
+
+    /// `dv = pᵀ g`, `ds = softmax'(p)·(g vᵀ)`, `dq = ds k / √d`, `dk = dsᵀ q / √d`.
+    pub fn attention_core_backward<B: ClipBackend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        p: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> [FloatTensor<B>; 3] {
+        let (q, k, v) = (float::<B, 4>(q), float::<B, 4>(k), float::<B, 4>(v));
+        let (p, g) = (float::<B, 4>(p), float::<B, 4>(grad));
+        let scale = 1.0 / (q.dims()[3] as f64).sqrt();
+        let dv = p.clone().swap_dims(2, 3).matmul(g.clone());
+        let dp = g.matmul(v.swap_dims(2, 3));
+        let ds = float::<B, 4>(B::softmax_last_backward(prim(p), prim(dp)));
+        let dq = ds.clone().matmul(k).mul_scalar(scale);
+        let dk = ds.swap_dims(2, 3).matmul(q).mul_scalar(scale);
+        [prim(dq), prim(dk), prim(dv)]
     }
 }
 

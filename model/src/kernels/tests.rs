@@ -240,3 +240,46 @@ fn gradients_match_the_composed_ops() {
         );
     }
 }
+
+/// flex's attention backward against the composed one, over odd shapes,
+/// strided q, k, v and output gradients, causal or not.
+#[test]
+fn attention_backward_matches_the_composed_form() {
+    for (i, &(batch, heads, seq, head_dim)) in [(2, 3, 7, 5), (1, 12, 50, 64)].iter().enumerate() {
+        for causal in [false, true] {
+            let seed = 500 + 10 * i as u64;
+            let view = |s| rand::<F, 4>([batch, seq, heads, head_dim], s).swap_dims(1, 2);
+            let (q, k, v, g) = (view(seed), view(seed + 1), view(seed + 2), view(seed + 3));
+            let (out, p) = F::attention_core_with_probs(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                causal,
+            );
+            let (want_out, want_p) = composed::attention_core_with_probs::<F>(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                causal,
+            );
+            close(float::<F, 4>(out), float(want_out), "output");
+            close(
+                float::<F, 4>(p.clone()),
+                float(want_p.clone()),
+                "probabilities",
+            );
+            let got = F::attention_core_backward(
+                prim(q.clone()),
+                prim(k.clone()),
+                prim(v.clone()),
+                p,
+                prim(g.clone()),
+            );
+            let want =
+                composed::attention_core_backward::<F>(prim(q), prim(k), prim(v), want_p, prim(g));
+            for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(got.into_iter().zip(want)) {
+                close(float::<F, 4>(a), float(b), name);
+            }
+        }
+    }
+}
