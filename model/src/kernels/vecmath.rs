@@ -33,6 +33,7 @@ pub fn exp(x: f32) -> f32 {
     // max/min (not clamp) so that NaN becomes a number here: its result is
     // replaced by NaN at the end; no float-to-int conversion (Rust's
     // saturating `as` does not vectorise).
+    #[allow(clippy::manual_clamp)]
     let xc = x.max(EXP_LO).min(EXP_HI);
     let n = (xc * LOG2E + 0.5).floor();
     let r = n.mul_add(-LN2_HI, xc);
@@ -42,7 +43,7 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 0.5); // Cephes' 5.0000001e-1, which is 0.5 in f32
     let p = (p * r).mul_add(r, r) + 1.0;
     // 2^n through the exponent bits, n in [-126, 127]: adding 1.5·2^23 puts
     // n in the low mantissa bits (two's complement), and the shift drops
