@@ -80,7 +80,7 @@ pub struct PairLoader<B: Backend> {
     device: B::Device,
 }
 
-impl<B: ClipBackend> Clone for PairLoader<B> {
+impl<B: Backend> Clone for PairLoader<B> {
     fn clone(&self) -> Self {
         Self {
             seed: self.seed,
@@ -98,7 +98,7 @@ impl<B: ClipBackend> Clone for PairLoader<B> {
 /// The epoch number of the held-out pictures.
 const VALID_EPOCH: u64 = u64::MAX;
 
-impl<B: ClipBackend> PairLoader<B> {
+impl<B: Backend> PairLoader<B> {
     pub fn new(
         cfg: &PretrainConfig,
         tokenizer: Arc<ClipTokenizer>,
@@ -153,7 +153,7 @@ struct PairIter<'a, B: Backend> {
     next: usize,
 }
 
-impl<B: ClipBackend> Iterator for PairIter<'_, B> {
+impl<B: Backend> Iterator for PairIter<'_, B> {
     type Item = PairBatch<B>;
 
     fn next(&mut self) -> Option<PairBatch<B>> {
@@ -170,7 +170,7 @@ impl<B: ClipBackend> Iterator for PairIter<'_, B> {
     }
 }
 
-impl<B: ClipBackend> DataLoaderIterator<PairBatch<B>> for PairIter<'_, B> {
+impl<B: Backend> DataLoaderIterator<PairBatch<B>> for PairIter<'_, B> {
     fn progress(&self) -> Progress {
         Progress::new(
             self.next * self.loader.batch_size,
@@ -179,7 +179,7 @@ impl<B: ClipBackend> DataLoaderIterator<PairBatch<B>> for PairIter<'_, B> {
     }
 }
 
-impl<B: ClipBackend> DataLoader<B, PairBatch<B>> for PairLoader<B> {
+impl<B: Backend> DataLoader<B, PairBatch<B>> for PairLoader<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<PairBatch<B>> + 'a> {
         let epoch = match &self.epoch {
             Some(e) => e.fetch_add(1, Ordering::SeqCst),

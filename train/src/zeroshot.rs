@@ -43,7 +43,7 @@ pub fn check_classes(template: &str, classes: &[String]) -> Result<()> {
 ///
 /// # Shapes
 /// - output: (`[rows, context]`, `[rows]`)
-pub fn token_tensors<B: ClipBackend>(
+pub fn token_tensors<B: Backend>(
     batch: &TokenBatch,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 1, Int>) {

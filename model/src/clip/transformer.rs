@@ -41,7 +41,7 @@ pub struct EncoderConfig {
 
 impl EncoderConfig {
     /// Builds the encoder with random weights.
-    pub fn init<B: ClipBackend>(&self, device: &B::Device) -> Encoder<B> {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Encoder<B> {
         Encoder {
             layers: (0..self.layers).map(|_| self.init_layer(device)).collect(),
         }
@@ -49,7 +49,7 @@ impl EncoderConfig {
 
     /// Random weights as transformers' `CLIPPreTrainedModel._init_weights`:
     /// normal weights with per-role std, zero biases.
-    fn init_layer<B: ClipBackend>(&self, device: &B::Device) -> EncoderLayer<B> {
+    fn init_layer<B: Backend>(&self, device: &B::Device) -> EncoderLayer<B> {
         let w = self.width;
         let width = w as f64;
         let in_std = width.powf(-0.5) * (2.0 * self.layers as f64).powf(-0.5);
@@ -76,7 +76,7 @@ impl EncoderConfig {
 }
 
 /// A linear layer with `N(0, std)` weights and, if any, a zero bias (CLIP's init).
-pub fn normal_linear<B: ClipBackend>(
+pub fn normal_linear<B: Backend>(
     d_in: usize,
     d_out: usize,
     std: f64,

@@ -46,11 +46,7 @@ impl ClipBackend for Flex {
         // Shared (the autodiff graph keeps it): into a new buffer, in one pass.
         let shape = x.shape();
         let x = x.to_contiguous();
-        let (start, end) = x
-            .layout()
-            .contiguous_offsets()
-            .expect("a contiguous layout");
-        let src = &x.storage::<f32>()[start..end];
+        let src = values(&x);
         let mut out = vec![0.0f32; src.len()];
         out.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
@@ -64,7 +60,7 @@ impl ClipBackend for Flex {
         }
         let x = x.to_contiguous();
         let mut g = owned_contiguous(grad);
-        let xs: &[f32] = x.storage();
+        let xs = values(&x);
         let gs: &mut [f32] = g.storage_mut();
         gs.par_chunks_mut(CHUNK)
             .zip(xs.par_chunks(CHUNK))
@@ -97,7 +93,7 @@ impl ClipBackend for Flex {
         }
         let p = p.to_contiguous();
         let mut g = owned_contiguous(grad);
-        let ps: &[f32] = p.storage();
+        let ps = values(&p);
         let gs: &mut [f32] = g.storage_mut();
         let per_task = (CHUNK / last).max(1) * last;
         gs.par_chunks_mut(per_task)
@@ -159,18 +155,23 @@ fn writable(t: &FlexTensor) -> bool {
         && t.bytes().len() == n * 4
 }
 
+/// The values of a contiguous tensor, in order (its layout may start past
+/// the storage's first element).
+fn values(t: &FlexTensor) -> &[f32] {
+    let (start, end) = t
+        .layout()
+        .contiguous_offsets()
+        .expect("a contiguous layout");
+    &t.storage::<f32>()[start..end]
+}
+
 /// `t` if this call may overwrite it, else a contiguous copy.
 fn owned_contiguous(t: FlexTensor) -> FlexTensor {
     if writable(&t) {
         t
     } else {
         let shape = t.shape();
-        let c = t.to_contiguous();
-        let (start, end) = c
-            .layout()
-            .contiguous_offsets()
-            .expect("a contiguous layout");
-        let data: Vec<f32> = c.storage::<f32>()[start..end].to_vec();
+        let data: Vec<f32> = values(&t.to_contiguous()).to_vec();
         FlexTensor::from_data(TensorData::new(data, shape))
     }
 }
@@ -315,29 +316,20 @@ fn dims2(t: &FlexTensor) -> [usize; 2] {
     [s[0], s[1]]
 }
 
-/// A pointer that tasks on other threads may write through: each task
-/// writes a disjoint set of elements.
+/// A raw pointer the attention tasks share across threads: an input, read
+/// only while they run, or an output, where each task writes a disjoint set
+/// of elements. The buffers outlive the tasks.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: see the type's documentation; the buffer outlives the tasks.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    fn get(self) -> *mut f32 {
+struct Shared<P>(P);
+// SAFETY: see the type's documentation.
+unsafe impl<P> Send for Shared<P> {}
+unsafe impl<P> Sync for Shared<P> {}
+impl<P: Copy> Shared<P> {
+    fn get(self) -> P {
         self.0
     }
 }
-
-#[derive(Clone, Copy)]
-struct SharedIn(*const f32);
-// SAFETY: read-only while the tasks run.
-unsafe impl Send for SharedIn {}
-unsafe impl Sync for SharedIn {}
-impl SharedIn {
-    fn get(self) -> *const f32 {
-        self.0
-    }
-}
+type SharedIn = Shared<*const f32>;
 
 /// One (batch, head) block of a `[batch, heads, seq, head_dim]` tensor as a
 /// `[seq, head_dim]` matrix view (or its transpose).
@@ -380,14 +372,14 @@ fn attention_f32(
     let (k, ks) = strided(k);
     let (v, vs) = strided(v);
     let (qp, kp, vp) = (
-        SharedIn(base_ptr(&q)),
-        SharedIn(base_ptr(&k)),
-        SharedIn(base_ptr(&v)),
+        Shared(base_ptr(&q)),
+        Shared(base_ptr(&k)),
+        Shared(base_ptr(&v)),
     );
     let scale = 1.0 / (head_dim as f32).sqrt();
     // The output in [batch, seq, heads, head_dim] order.
     let mut out = vec![0.0f32; batch * seq * heads * head_dim];
-    let op = SharedOut(out.as_mut_ptr());
+    let op = Shared(out.as_mut_ptr());
     let row = (heads * head_dim) as isize;
     let task = |t: usize, scores: &mut [f32]| {
         let (b, h) = ((t / heads) as isize, (t % heads) as isize);
@@ -460,24 +452,20 @@ fn attention_backward_f32(
     let (v, vs) = strided(v);
     let (g, gs) = strided(grad);
     let p = p.to_contiguous();
-    let (p_start, _) = p
-        .layout()
-        .contiguous_offsets()
-        .expect("a contiguous layout");
-    let probs = &p.storage::<f32>()[p_start..][..batch * heads * seq * seq];
+    let probs = values(&p);
     let (qp, kp, vp, gp) = (
-        SharedIn(base_ptr(&q)),
-        SharedIn(base_ptr(&k)),
-        SharedIn(base_ptr(&v)),
-        SharedIn(base_ptr(&g)),
+        Shared(base_ptr(&q)),
+        Shared(base_ptr(&k)),
+        Shared(base_ptr(&v)),
+        Shared(base_ptr(&g)),
     );
     let scale = 1.0 / (head_dim as f32).sqrt();
     let n = batch * seq * heads * head_dim;
     let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
     let (dqp, dkp, dvp) = (
-        SharedOut(dq.as_mut_ptr()),
-        SharedOut(dk.as_mut_ptr()),
-        SharedOut(dv.as_mut_ptr()),
+        Shared(dq.as_mut_ptr()),
+        Shared(dk.as_mut_ptr()),
+        Shared(dv.as_mut_ptr()),
     );
     let row = (heads * head_dim) as isize;
     (0..batch * heads).into_par_iter().for_each_init(

@@ -283,3 +283,36 @@ fn attention_backward_matches_the_composed_form() {
         }
     }
 }
+
+/// Inputs that are contiguous but start inside their buffer (a `narrow` of
+/// the first dimension): the kernels read them from their offset.
+#[test]
+fn contiguous_views_with_an_offset() {
+    let whole = rand::<F, 2>([5, 7], 600);
+    let view = whole.clone().narrow(0, 2, 3);
+    close(
+        softmax_last(view.clone()),
+        burn::tensor::activation::softmax(view.clone(), 1),
+        "softmax",
+    );
+    close(
+        quick_gelu(view.clone()),
+        float(composed::quick_gelu::<F>(prim(view.clone()))),
+        "quick_gelu",
+    );
+    let g = rand::<F, 2>([5, 7], 601).narrow(0, 1, 3);
+    close(
+        float::<F, 2>(F::quick_gelu_backward(prim(view.clone()), prim(g.clone()))),
+        float(composed::quick_gelu_backward::<F>(
+            prim(view.clone()),
+            prim(g.clone()),
+        )),
+        "quick_gelu backward",
+    );
+    let p = softmax_last(rand::<F, 2>([6, 7], 602)).narrow(0, 3, 3);
+    close(
+        float::<F, 2>(F::softmax_last_backward(prim(p.clone()), prim(g.clone()))),
+        float(composed::softmax_last_backward::<F>(prim(p), prim(g))),
+        "softmax backward",
+    );
+}
