@@ -19,17 +19,18 @@
 //!   follows is free.
 //!
 //! The autodiff backend (`autodiff.rs`) runs the inner backend's kernels
-//! forward and records their backward: the linear's three gradients, QuickGELU's
-//! derivative and softmax's Jacobian product, each a kernel of its own. The
-//! attention core on autodiff is composed of products and [`softmax_last`], so
-//! its gradient follows from theirs.
+//! forward and records their backward, each one node of the graph: the
+//! linear's gradients (only for tracked inputs: a frozen weight gets none),
+//! QuickGELU's derivative, softmax's Jacobian product, and the attention
+//! core's `dq`, `dk`, `dv` from the probabilities its forward kept (on flex,
+//! one task per (batch, head), written where the heads merge).
 //!
 //! `MMRL_CPU_KERNELS=composed` in the environment makes flex run the
 //! composed forms too (to compare speed, or to rule the kernels out).
 //!
-//! Every specialised kernel equals its composed form within 1e-6 relative
-//! (the property tests in `tests`, over odd shapes, strided inputs and the
-//! causal mask).
+//! Every specialised kernel equals its composed form within 1e-6 of the
+//! result's largest magnitude (the property tests in `tests`, over odd
+//! shapes, strided and offset inputs and the causal mask).
 
 mod autodiff;
 mod flex;
