@@ -126,6 +126,7 @@ fn run<B: ClipBackend>(args: &Args, device: B::Device) -> Result<(), String> {
     let config =
         ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
     B::seed(&device, 0);
+    mmrl_model::init::seed(0);
     let clip: Clip<B> = config.init(&device);
     let size = config.vision_config.image_size;
     let common = serde_json::json!({

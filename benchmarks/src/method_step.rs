@@ -78,6 +78,7 @@ impl<B: ClipAutodiffBackend> TrainVisitor<B> for Bench<'_, B> {
         let clip_config =
             ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
         B::seed(device, 0);
+        mmrl_model::init::seed(0);
         let clip: Clip<B::InnerBackend> = clip_config.init(device);
         let size = clip_config.vision_config.image_size;
         let names: Vec<&str> = CLASSES.split(' ').collect();

@@ -46,6 +46,7 @@ pub fn run<B: ClipAutodiffBackend>(args: &Args, device: B::Device) -> Result<(),
     let config =
         ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
     B::seed(&device, 0);
+    mmrl_model::init::seed(0);
     let clip: Clip<B::InnerBackend> = config.init(&device);
     let size = config.vision_config.image_size;
     let prompts = prompts(args.prompts);

@@ -4,6 +4,7 @@
 pub mod clip;
 pub mod error;
 pub mod frozen;
+pub mod init;
 pub mod kernels;
 pub mod methods;
 

@@ -172,13 +172,16 @@ impl<B: ClipAutodiffBackend> TrainVisitor<B> for SeedJob<'_, B> {
             &train.classes,
             &template,
         )?;
-        // The backend's random generator is global: seeding it and drawing
-        // the initialisation (lazily initialised parameters included, which
-        // `no_grad` draws by visiting every parameter) hold a lock, so runs
-        // on other threads (the demo's) cannot interleave their draws.
+        // The methods draw their parameters on the host (`mmrl_model::init`,
+        // one generator per thread): the same seed starts every backend from
+        // the same weights. The backend's own generator is global and seeded
+        // too, for anything drawn on it (lazily initialised parameters, which
+        // `no_grad` draws by visiting every parameter): a lock keeps runs on
+        // other threads (the demo's) from interleaving those draws.
         let fresh = {
             let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
             B::seed(self.device, seed);
+            mmrl_model::init::seed(seed);
             Inner::<M, B>::init(&config, self.clip.clone(), &prompts, &inner_device)?.no_grad()
         };
         let (mut model, train_accuracy) = if fresh.num_trainable_params() > 0 {

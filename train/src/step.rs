@@ -292,6 +292,7 @@ mod tests {
     fn training_steps_lower_the_loss_report_every_term_and_leave_clip_bit_identical() {
         let device = Default::default();
         B::seed(&device, 3);
+        mmrl_model::init::seed(3);
         let cfg = MmrlConfig {
             rep_dim: 6,
             n_rep_tokens: 2,
@@ -395,6 +396,7 @@ mod tests {
         use mmrl_model::methods::comma::{Comma, CommaConfig};
         let device = Default::default();
         B::seed(&device, 5);
+        mmrl_model::init::seed(5);
         let cfg = CommaConfig {
             prompt_depth: 2,
             train_generators,

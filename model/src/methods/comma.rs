@@ -49,7 +49,7 @@
 //! 397,056.
 
 use burn::module::{AutodiffModule, Module, Param};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::Distribution;
@@ -168,7 +168,7 @@ impl CommaConfig {
             .detach();
         let ctx = round_if(ctx, self.fp16);
         let deep = self.prompt_depth - 1;
-        let text_prompts = Tensor::random(
+        let text_prompts = crate::init::random(
             [deep, self.n_ctx, tw],
             Distribution::Normal(0.0, 0.02),
             device,
@@ -180,7 +180,7 @@ impl CommaConfig {
         Comma {
             prompt_learner: PromptLearner {
                 ctx: Param::from_tensor(ctx),
-                proj: LinearConfig::new(tw, vw).init(device),
+                proj: crate::init::linear(tw, vw, device),
                 compound_prompts_text: Param::from_tensor(text_prompts),
                 compound_prompt_projections_image_base: base,
                 compound_prompt_projections_image: generators,
@@ -259,10 +259,10 @@ pub struct Generator<B: Backend> {
 impl<B: ClipBackend> Generator<B> {
     fn init(tw: usize, vw: usize, device: &B::Device) -> Self {
         Self {
-            fc: LinearConfig::new(tw, vw).init(device),
+            fc: crate::init::linear(tw, vw, device),
             ln: LayerNormConfig::new(vw).with_epsilon(LN_EPS).init(device),
-            mlp_0: LinearConfig::new(vw, vw / 4).init(device),
-            mlp_2: LinearConfig::new(vw / 4, vw).init(device),
+            mlp_0: crate::init::linear(vw, vw / 4, device),
+            mlp_2: crate::init::linear(vw / 4, vw, device),
         }
     }
 

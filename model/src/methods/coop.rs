@@ -207,13 +207,13 @@ impl CoopConfig {
             let emb = clip.text_model.embeddings.token_embedding.forward(ids);
             CoopContext::Generic(Param::from_tensor(emb.reshape([n_ctx, width]).detach()))
         } else if self.csc {
-            CoopContext::ClassSpecific(Param::from_tensor(Tensor::random(
+            CoopContext::ClassSpecific(Param::from_tensor(crate::init::random(
                 [prompts.classes(), n_ctx, width],
                 Distribution::Normal(0.0, self.init_std),
                 device,
             )))
         } else {
-            CoopContext::Generic(Param::from_tensor(Tensor::random(
+            CoopContext::Generic(Param::from_tensor(crate::init::random(
                 [n_ctx, width],
                 Distribution::Normal(0.0, self.init_std),
                 device,

@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, Module, Param};
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 use serde::{Deserialize, Serialize};
@@ -161,7 +161,7 @@ impl MmAdapterConfig {
         dim: usize,
         device: &B::Device,
     ) -> AttentionAdapter<B> {
-        let linear = |i, o| LinearConfig::new(i, o).init(device);
+        let linear = |i, o| crate::init::linear(i, o, device);
         let (down, up) = match self.variant {
             Variant::Master => (
                 vec![
@@ -181,11 +181,7 @@ impl MmAdapterConfig {
                 .map(|b| Param::from_tensor(Tensor::zeros(b.val().dims(), device))),
             ..l
         };
-        let in_proj = zero_bias(
-            LinearConfig::new(self.width, 3 * self.width)
-                .with_initializer(Initializer::XavierUniform { gain: 1.0 })
-                .init(device),
-        );
+        let in_proj = crate::init::linear_xavier_zero_bias(self.width, 3 * self.width, device);
         AttentionAdapter {
             downsampler: down,
             mha: AdapterAttention {

@@ -180,12 +180,12 @@ impl MmrlConfig {
     ) -> (RepresentationLearner<B>, Param<Tensor<B, 2>>) {
         let bound = 1.0 / (self.rep_dim as f64).sqrt();
         let aligner = |width| {
-            let weight = Tensor::random(
+            let weight = crate::init::random(
                 [self.rep_dim, width],
                 Distribution::Uniform(-bound, bound),
                 device,
             );
-            let bias = Tensor::random([width], Distribution::Uniform(-bound, bound), device);
+            let bias = crate::init::random([width], Distribution::Uniform(-bound, bound), device);
             (0..n_layers)
                 .map(|_| Linear {
                     weight: Param::from_tensor(weight.clone()),
@@ -194,7 +194,7 @@ impl MmrlConfig {
                 .collect::<Vec<_>>()
         };
         let learner = RepresentationLearner {
-            compound_rep_tokens: Param::from_tensor(Tensor::random(
+            compound_rep_tokens: Param::from_tensor(crate::init::random(
                 [self.n_rep_tokens, self.rep_dim],
                 Distribution::Normal(0.0, 0.02),
                 device,
@@ -202,7 +202,7 @@ impl MmrlConfig {
             compound_rep_tokens_r2vproj: aligner(vision_width),
             compound_rep_tokens_r2tproj: aligner(text_width),
         };
-        let proj_rep = Param::from_tensor(Tensor::random(
+        let proj_rep = Param::from_tensor(crate::init::random(
             [vision_width, projection_dim],
             Distribution::Normal(0.0, 1.0 / (vision_width as f64).sqrt()),
             device,
