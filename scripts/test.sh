@@ -27,6 +27,7 @@ if scripts/setup-vulkan.sh; then
   "${W[@]}" --test clip_parity -- hf_folder
   "${W[@]}" --test coop_parity -- gradient_of_the_context
   "${W[@]}" --test cli_zeroshot -- hf_folder
+  "${W[@]}" --test train_run -- training_on_gpu_matches_the_cpu_run
 else
   echo "SKIPPED: no Vulkan device and none could be installed (scripts/setup-vulkan.sh)" >&2
 fi

@@ -15,6 +15,21 @@ pub type Wgpu = burn::backend::Wgpu;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// wgpu without Burn's fusion layer: what `train` and `demo` run on.
+///
+/// burn-fusion 0.21 loses track of a tensor now and then while Burn's Learner
+/// trains on a fused device ("Should have handle for tensor" on a `DSU-…`
+/// thread, then the checkpointer's channel closes: tracel-ai/burn#4347, open).
+/// Measured here: `train_run::training_on_gpu_matches_the_cpu_run` on wgpu
+/// panicked in 2 of 5 runs on the fused backend. Inference (`zeroshot`,
+/// `eval`, `predict`) keeps fusion, which its parity tests cover.
+#[cfg(feature = "wgpu")]
+pub type WgpuTrain =
+    burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+/// CUDA without Burn's fusion layer, for training (see [`WgpuTrain`]).
+#[cfg(feature = "cuda")]
+pub type CudaTrain = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+
 /// `--device` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum DeviceKind {
@@ -42,10 +57,15 @@ impl fmt::Display for DeviceKind {
 
 /// Runs `$body` with `B` bound to the backend `$kind` selects and `device`
 /// set to its default device; fails clearly when the binary lacks it, or
-/// when a GPU backend cannot run here (`devices::require`).
+/// when a GPU backend cannot run here (`devices::require`). `train: $kind`
+/// picks the GPU backends without fusion ([`WgpuTrain`], [`CudaTrain`]).
 #[macro_export]
 macro_rules! with_backend {
-    ($kind:expr, |$b:ident, $device:ident| $body:expr) => {{
+    // Training: the GPU backends without Burn's fusion layer (`WgpuTrain`).
+    (train: $kind:expr, |$b:ident, $device:ident| $body:expr) => {
+        $crate::with_backend!(@pick $kind, WgpuTrain, CudaTrain, |$b, $device| $body)
+    };
+    (@pick $kind:expr, $wgpu:ident, $cuda:ident, |$b:ident, $device:ident| $body:expr) => {{
         use $crate::backend::DeviceKind;
         match $kind {
             DeviceKind::Cpu => {
@@ -63,7 +83,7 @@ macro_rules! with_backend {
             DeviceKind::Wgpu => match $crate::devices::require(DeviceKind::Wgpu) {
                 Err(e) => Err(e),
                 Ok(()) => {
-                    type $b = $crate::backend::Wgpu;
+                    type $b = $crate::backend::$wgpu;
                     let $device = Default::default();
                     $body
                 }
@@ -72,7 +92,7 @@ macro_rules! with_backend {
             DeviceKind::Cuda => match $crate::devices::require(DeviceKind::Cuda) {
                 Err(e) => Err(e),
                 Ok(()) => {
-                    type $b = $crate::backend::Cuda;
+                    type $b = $crate::backend::$cuda;
                     let $device = Default::default();
                     $body
                 }
@@ -84,4 +104,7 @@ macro_rules! with_backend {
             )),
         }
     }};
+    ($kind:expr, |$b:ident, $device:ident| $body:expr) => {
+        $crate::with_backend!(@pick $kind, Wgpu, Cuda, |$b, $device| $body)
+    };
 }

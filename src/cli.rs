@@ -130,7 +130,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(cmd) => crate::data_cmd::run(cmd),
         Command::Demo(args) => {
             crate::train::signals::install();
-            crate::with_backend!(args.device, |B, device| crate::demo_cmd::demo_cmd::<B>(
+            crate::with_backend!(train: args.device, |B, device| crate::demo_cmd::demo_cmd::<B>(
                 &args, &device
             ))
         }
@@ -144,7 +144,7 @@ pub fn run(cli: Cli) -> Result<()> {
             // Ctrl-C stops training at the next batch (other commands keep
             // the default: an immediate stop).
             crate::train::signals::install();
-            crate::with_backend!(args.device, |B, device| crate::train_cmd::train_cmd::<B>(
+            crate::with_backend!(train: args.device, |B, device| crate::train_cmd::train_cmd::<B>(
                 &args, &device
             ))
         }

@@ -1196,12 +1196,11 @@ fn iteration_losses(out: &Path) -> Vec<f64> {
 /// The same `mmrl train` on the GPU backend the tests were built for and on
 /// the CPU: the loss falls on the GPU, every iteration's loss and the trained
 /// parameters agree with the CPU run, the checkpoint holds only the trained
-/// tensors, and the accuracies agree.
+/// tensors, and the accuracies agree. Both runs start from the same weights
+/// because the methods draw them on the host (`mmrl_model::init`); training
+/// runs on the backend without Burn's fusion layer (`backend::WgpuTrain`).
 #[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
 #[test]
-#[ignore = "fails on the fused GPU backends: burn-fusion panics ('Should have handle for \
-            tensor') when Burn's Learner runs the step on its own thread (docs/gpu.md); \
-            run it with --include-ignored"]
 fn training_on_gpu_matches_the_cpu_run() {
     use common::{assert_within, tensor_at, DEVICE};
     let tmp = TempDir::new("train-gpu");
