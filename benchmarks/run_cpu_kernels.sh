@@ -15,11 +15,19 @@ ITERS="${ITERS:-5}"
 cargo build --release -p mmrl-benchmarks
 BIN="${CARGO_TARGET_DIR:-target}/release/mmrl-bench"
 echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, flags: $(grep -o -w -E 'avx2|fma|avx512f|avx512vl|amx_tile' /proc/cpuinfo | sort -u | xargs)"
+# ROUNDS=n alternates PyTorch and mmrl n times per batch size: this VM's speed drifts
+# by 20 % over minutes, and alternating puts both sides in the same minutes.
 for batch in 8 32; do
-  python3 benchmarks/scripts/bench_pytorch.py --device cpu --iters "$ITERS" --batch "$batch"
-  "$BIN" --backend flex --what image --batch "$batch" --iters "$ITERS"
-  MMRL_CPU_KERNELS=composed "$BIN" --backend flex --what image --batch "$batch" --iters "$ITERS"
+  for _ in $(seq "${ROUNDS:-1}"); do
+    python3 benchmarks/scripts/bench_pytorch.py --device cpu --iters "$ITERS" --batch "$batch" \
+      $([ "${ENCODE_ONLY:-0}" = 1 ] && echo --no-text)
+    "$BIN" --backend flex --what image --batch "$batch" --iters "$ITERS"
+  done
+  [ "${ENCODE_ONLY:-0}" = 1 ] ||
+    MMRL_CPU_KERNELS=composed "$BIN" --backend flex --what image --batch "$batch" --iters "$ITERS"
 done
+# ENCODE_ONLY=1 times the image encode alone (PyTorch's script skips its text row).
+[ "${ENCODE_ONLY:-0}" = 1 ] && exit 0
 "$BIN" --backend flex --what text --iters "$ITERS"
 "$BIN" --backend flex --what text --full-context --iters "$ITERS"
 MMRL_CPU_KERNELS=composed "$BIN" --backend flex --what text --full-context --iters "$ITERS"
