@@ -32,5 +32,5 @@ else
   echo "SKIPPED: no Vulkan device and none could be installed (scripts/setup-vulkan.sh)" >&2
 fi
 
-step "cargo clippy --features test-cuda (the CUDA code paths)"
-cargo clippy --workspace --all-targets --features test-cuda -- -D warnings
+step "cargo clippy --features test-cuda (the CUDA code paths, and the benchmarks' GPU backends)"
+cargo clippy --workspace --all-targets --features test-cuda,mmrl-benchmarks/cuda,mmrl-benchmarks/wgpu -- -D warnings

@@ -48,9 +48,7 @@ fn vec<Bk: ClipBackend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
 }
 
 fn assert_close(name: &str, ours: &[f32], key: &str, tol: f32) {
-    let d = max_abs_diff(ours, &expected(key));
-    eprintln!("{name}: max abs diff {d:e}");
-    assert_within(name, d, tol);
+    assert_close_to(name, ours, &expected(key), tol);
 }
 
 struct Inputs<Bk: Backend> {
@@ -369,8 +367,8 @@ fn mismatched_checkpoints_are_refused() {
     assert!(err.contains("compound_rep_tokens"), "{err}");
 }
 
-/// Device memory in use, as wgpu's CubeCL runtime reports it (on CUDA,
-/// `scripts/gpu-check.sh` reports the peak from the driver instead).
+/// Device memory in use, as the GPU's CubeCL runtime reports it (the bytes its
+/// memory pools hand out, not what they reserve from the driver).
 #[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
 fn device_bytes_in_use() -> u64 {
     use burn::cubecl::Runtime;
@@ -379,20 +377,34 @@ fn device_bytes_in_use() -> u64 {
         .expect("the runtime reports its memory")
         .bytes_in_use
 }
+#[cfg(feature = "test-cuda")]
+fn device_bytes_in_use() -> u64 {
+    use cubecl::Runtime;
+    cubecl::cuda::CudaRuntime::client(&Default::default())
+        .memory_usage()
+        .expect("the runtime reports its memory")
+        .bytes_in_use
+}
+
+/// The backend `mmrl train` runs on the GPU: without Burn's fusion layer.
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type TrainB = mmrl::backend::WgpuTrain;
+#[cfg(feature = "test-cuda")]
+type TrainB = mmrl::backend::CudaTrain;
 
 /// 50 training steps (forward, loss, backward, AdamW) on the GPU backend,
 /// fused as inference runs it and unfused as `mmrl train` runs it
-/// (`backend::WgpuTrain`): the memory in use after step 50 is what it was
-/// after step 10 (no graph, gradient or optimiser state is kept from one step
-/// to the next).
-#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+/// (`backend::WgpuTrain`, `backend::CudaTrain`): the memory in use after step
+/// 50 is what it was after step 10 (no graph, gradient or optimiser state is
+/// kept from one step to the next).
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
 #[test]
 fn device_memory_stays_flat_over_50_training_steps() {
     memory_stays_flat::<B>("fused");
-    memory_stays_flat::<mmrl::backend::WgpuTrain>("unfused");
+    memory_stays_flat::<TrainB>("unfused");
 }
 
-#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
 fn memory_stays_flat<Bk: ClipBackend>(which: &str) {
     use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
     let device = Default::default();

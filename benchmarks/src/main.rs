@@ -4,8 +4,8 @@
 //! mmrl-bench --backend ndarray|flex|wgpu|cuda|cuda-bf16 [--what image|text|all] [--iters N] [--batch 8] [--prompts 100]
 //! mmrl-bench --what pretrain-epoch
 //! mmrl-bench --what loader [--workers N] [--cache] [--images 256] [--epochs 3] [--dir DIR]
-//! mmrl-bench --what mmrl-step [--backend flex|ndarray|wgpu|cuda] [--batch 4] [--prompts 100] [--iters 3]
-//! mmrl-bench --what method-step --method NAME [--backend flex|ndarray|wgpu|cuda] [--batch 4] [--prompts 100] [--iters 3]
+//! mmrl-bench --what mmrl-step [--backend flex|ndarray|wgpu|wgpu-fused|cuda|cuda-fused] [--batch 4] [--prompts 100] [--iters 3]
+//! mmrl-bench --what method-step --method NAME [--backend flex|ndarray|wgpu|wgpu-fused|cuda|cuda-fused] [--batch 4] [--prompts 100] [--iters 3]
 //! ```
 //! `--what method-step` times one method (any registered name) as `mmrl
 //! train` runs it: its training step with an AdamW update and its scoring
@@ -362,18 +362,44 @@ fn main() {
                         &args,
                         Default::default(),
                     ),
+                    // `wgpu` and `cuda` time what `mmrl train` runs: the GPU backend
+                    // without Burn's fusion layer (burn-fusion 0.21 loses tensors under
+                    // the Learner); `-fused` times the fused backend for comparison.
                     #[cfg(feature = "wgpu")]
-                    "wgpu" => $m::run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
+                    "wgpu" => $m::run::<
+                        burn::backend::Autodiff<
+                            burn::backend::wgpu::CubeBackend<
+                                burn::backend::wgpu::WgpuRuntime,
+                                f32,
+                                i32,
+                                u32,
+                            >,
+                        >,
+                    >(&args, Default::default()),
+                    #[cfg(feature = "wgpu")]
+                    "wgpu-fused" => $m::run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
                         &args,
                         Default::default(),
                     ),
                     #[cfg(feature = "cuda")]
-                    "cuda" => $m::run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                    "cuda" => $m::run::<
+                        burn::backend::Autodiff<
+                            burn_cubecl::CubeBackend<
+                                burn_cubecl::cubecl::cuda::CudaRuntime,
+                                f32,
+                                i32,
+                                u8,
+                            >,
+                        >,
+                    >(&args, Default::default()),
+                    #[cfg(feature = "cuda")]
+                    "cuda-fused" => $m::run::<burn::backend::Autodiff<burn::backend::Cuda>>(
                         &args,
                         Default::default(),
                     ),
                     other => Err(format!(
-                        "{} runs on flex, ndarray, wgpu or cuda (when built in), not {other}",
+                        "{} runs on flex, ndarray, wgpu, wgpu-fused, cuda or cuda-fused \
+                         (the GPU ones when built in), not {other}",
                         args.what
                     )),
                 }

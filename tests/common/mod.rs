@@ -34,16 +34,45 @@ pub const TOL_SCALE: f32 = 1.0;
 #[cfg(feature = "test-cuda")]
 pub const TOL_SCALE: f32 = 10.0;
 
+/// On CUDA, f32 matmuls run as TF32 (10 explicit mantissa bits, unit
+/// roundoff 2^-11 = 4.9e-4), whose error grows with the values' size: there a
+/// comparison with a reference also passes within this fraction of the
+/// reference's largest magnitude. Measured on an H200 (2026-11-28, relative to
+/// that magnitude): CoOp's context gradient 3.3e-3, MMRL's loss 2.3e-3 and
+/// class logits 1.5e-3, CoOp's text features 7e-4, MMRL's hidden states
+/// 3.4e-4; 1e-2 leaves 3× the worst. A real fault is far outside it (the
+/// wrong hidden states of the second H200 run were off by 56 %).
+#[cfg(feature = "test-cuda")]
+pub const GPU_REL_TOL: f32 = 1e-2;
+#[cfg(not(feature = "test-cuda"))]
+pub const GPU_REL_TOL: f32 = 0.0;
+
 /// Asserts `diff <= cpu_tol * TOL_SCALE`. With `MMRL_TEST_MEASURE=<file>` set
 /// it also appends `{"check", "backend", "diff", "tol"}` to that file as a
 /// JSON line, and with `MMRL_TEST_NO_ASSERT=1` it only records: how the GPU
 /// tolerances are measured (`scripts/gpu-check.sh`).
 pub fn assert_within(check: &str, diff: f32, cpu_tol: f32) {
-    let tol = cpu_tol * TOL_SCALE;
+    within(check, diff, cpu_tol, None);
+}
+
+/// Asserts `ours` is within `cpu_tol * TOL_SCALE` of `reference` (largest
+/// absolute difference), or on CUDA within `GPU_REL_TOL` of the reference's
+/// largest magnitude when that is more; prints and returns the difference.
+/// Records like [`assert_within`], with the reference's magnitude as `scale`.
+pub fn assert_close_to(check: &str, ours: &[f32], reference: &[f32], cpu_tol: f32) -> f32 {
+    let diff = max_abs_diff(ours, reference);
+    eprintln!("{check}: max abs diff {diff:e}");
+    let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    within(check, diff, cpu_tol, Some(scale));
+    diff
+}
+
+fn within(check: &str, diff: f32, cpu_tol: f32, scale: Option<f32>) {
+    let tol = (cpu_tol * TOL_SCALE).max(GPU_REL_TOL * scale.unwrap_or(0.0));
     if let Some(path) = std::env::var_os("MMRL_TEST_MEASURE") {
         use std::io::Write;
         let line = serde_json::json!({
-            "check": check, "backend": DEVICE, "diff": diff, "tol": tol,
+            "check": check, "backend": DEVICE, "diff": diff, "tol": tol, "scale": scale,
         });
         let mut f = std::fs::OpenOptions::new()
             .create(true)

@@ -299,6 +299,10 @@ impl ClipBackend for burn::backend::NdArray {}
 impl ClipBackend for burn::backend::Wgpu {}
 #[cfg(feature = "cuda")]
 impl ClipBackend for burn::backend::Cuda {}
+/// CUDA in bf16 throughout (weights, activations; matmuls accumulate in f32):
+/// `mmrl-bench --backend cuda-bf16`, next to PyTorch's bf16 encode.
+#[cfg(feature = "cuda")]
+impl ClipBackend for burn::backend::Cuda<burn::tensor::bf16> {}
 
 /// The GPU runtimes without Burn's fusion layer (the GPU tests compare both).
 #[cfg(feature = "cuda")]
