@@ -48,9 +48,10 @@ pub const GPU_REL_TOL: f32 = 1e-2;
 pub const GPU_REL_TOL: f32 = 0.0;
 
 /// Asserts `diff <= cpu_tol * TOL_SCALE`. With `MMRL_TEST_MEASURE=<file>` set
-/// it also appends `{"check", "backend", "diff", "tol"}` to that file as a
-/// JSON line, and with `MMRL_TEST_NO_ASSERT=1` it only records: how the GPU
-/// tolerances are measured (`scripts/gpu-check.sh`).
+/// it also appends `{"check", "backend", "diff", "tol", "scale"}` to that file
+/// as a JSON line (`scale`: the reference's largest magnitude, where known),
+/// and with `MMRL_TEST_NO_ASSERT=1` it only records: how the GPU tolerances
+/// are measured (`scripts/gpu-check.sh`).
 pub fn assert_within(check: &str, diff: f32, cpu_tol: f32) {
     within(check, diff, cpu_tol, None);
 }
