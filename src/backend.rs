@@ -24,11 +24,10 @@ pub type Cuda = burn::backend::Cuda;
 /// panicked in 2 of 5 runs on the fused backend. Inference (`zeroshot`,
 /// `eval`, `predict`) keeps fusion, which its parity tests cover.
 #[cfg(feature = "wgpu")]
-pub type WgpuTrain =
-    burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+pub type WgpuTrain = mmrl_model::kernels::WgpuUnfused;
 /// CUDA without Burn's fusion layer, for training (see [`WgpuTrain`]).
 #[cfg(feature = "cuda")]
-pub type CudaTrain = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+pub type CudaTrain = mmrl_model::kernels::CudaUnfused;
 
 /// `--device` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]

@@ -18,9 +18,9 @@ use mmrl_model::ClipBackend;
 
 type Cpu = mmrl::backend::Cpu;
 #[cfg(feature = "test-cuda")]
-type Raw = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+type Raw = mmrl::backend::CudaTrain;
 #[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
-type Raw = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+type Raw = mmrl::backend::WgpuTrain;
 
 /// Largest difference relative to the largest CPU value: f32 reductions in
 /// another order, and TF32 matmuls on CUDA (10-bit mantissa, ~1e-3

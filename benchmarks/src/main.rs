@@ -366,32 +366,20 @@ fn main() {
                     // without Burn's fusion layer (burn-fusion 0.21 loses tensors under
                     // the Learner); `-fused` times the fused backend for comparison.
                     #[cfg(feature = "wgpu")]
-                    "wgpu" => $m::run::<
-                        burn::backend::Autodiff<
-                            burn::backend::wgpu::CubeBackend<
-                                burn::backend::wgpu::WgpuRuntime,
-                                f32,
-                                i32,
-                                u32,
-                            >,
-                        >,
-                    >(&args, Default::default()),
+                    "wgpu" => $m::run::<burn::backend::Autodiff<mmrl_model::kernels::WgpuUnfused>>(
+                        &args,
+                        Default::default(),
+                    ),
                     #[cfg(feature = "wgpu")]
                     "wgpu-fused" => $m::run::<burn::backend::Autodiff<burn::backend::Wgpu>>(
                         &args,
                         Default::default(),
                     ),
                     #[cfg(feature = "cuda")]
-                    "cuda" => $m::run::<
-                        burn::backend::Autodiff<
-                            burn_cubecl::CubeBackend<
-                                burn_cubecl::cubecl::cuda::CudaRuntime,
-                                f32,
-                                i32,
-                                u8,
-                            >,
-                        >,
-                    >(&args, Default::default()),
+                    "cuda" => $m::run::<burn::backend::Autodiff<mmrl_model::kernels::CudaUnfused>>(
+                        &args,
+                        Default::default(),
+                    ),
                     #[cfg(feature = "cuda")]
                     "cuda-fused" => $m::run::<burn::backend::Autodiff<burn::backend::Cuda>>(
                         &args,

@@ -304,17 +304,19 @@ impl ClipBackend for burn::backend::Cuda {}
 #[cfg(feature = "cuda")]
 impl ClipBackend for burn::backend::Cuda<burn::tensor::bf16> {}
 
-/// The GPU runtimes without Burn's fusion layer (the GPU tests compare both).
+/// CUDA without Burn's fusion layer: what `mmrl train` runs on (the `mmrl`
+/// crate's `backend::CudaTrain`); the GPU tests compare it with the fused one.
 #[cfg(feature = "cuda")]
-impl ClipBackend
-    for burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>
-{
-}
+pub type CudaUnfused =
+    burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+/// wgpu without Burn's fusion layer (`backend::WgpuTrain`).
 #[cfg(feature = "wgpu")]
-impl ClipBackend
-    for burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>
-{
-}
+pub type WgpuUnfused =
+    burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+#[cfg(feature = "cuda")]
+impl ClipBackend for CudaUnfused {}
+#[cfg(feature = "wgpu")]
+impl ClipBackend for WgpuUnfused {}
 
 #[cfg(test)]
 mod tests;
