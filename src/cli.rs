@@ -10,6 +10,7 @@ use serde::Serialize;
 use mmrl_data::preprocess::{self, CropRounding, PreprocessConfig};
 use mmrl_data::ClipTokenizer;
 use mmrl_model::clip::loader::{load_clip, Layout, LoadedClip};
+use mmrl_model::clip::Precision;
 use mmrl_model::methods::{Classes, Method};
 use mmrl_train::checkpoint::{read_header, CheckpointHeader};
 use mmrl_train::registry::{self, MethodVisitor};
@@ -82,6 +83,10 @@ pub struct ClassifyArgs {
     /// Backend to run on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// CLIP's precision: f32, or bf16 (its blocks' weights and token
+    /// embeddings in bfloat16, the rest f32; CUDA and CPU).
+    #[arg(long, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -213,6 +218,20 @@ fn read_classes(list: &[String], file: Option<&Path>) -> Result<Vec<String>> {
             .collect(),
     };
     Ok(classes)
+}
+
+/// CLIP from `--clip`, with its frozen weights in `precision` (refused
+/// before reading anything when the backend cannot run it).
+pub fn load_clip_as<B: ClipBackend>(
+    path: &Path,
+    precision: Precision,
+    device: &B::Device,
+) -> Result<LoadedClip<B>> {
+    precision.check::<B>(device).map_err(anyhow::Error::msg)?;
+    let mut loaded = load_clip::<B>(path, device)
+        .with_context(|| format!("loading CLIP from {}", path.display()))?;
+    loaded.model = loaded.model.with_precision(precision);
+    Ok(loaded)
 }
 
 /// The tokenizer: `--tokenizer`, else the weights folder's, else the bundled one.
@@ -356,8 +375,7 @@ struct Setup<B: Backend> {
 fn setup<B: ClipBackend>(args: &ClassifyArgs, device: &B::Device) -> Result<Setup<B>> {
     let classes = read_classes(&args.classes, args.classes_file.as_deref())?;
     let images = collect_images(&args.images)?;
-    let clip = load_clip::<B>(&args.clip, device)
-        .with_context(|| format!("loading CLIP from {}", args.clip.display()))?;
+    let clip = load_clip_as::<B>(&args.clip, args.precision, device)?;
     let tokenizer = pick_tokenizer(args.tokenizer.as_deref(), clip.tokenizer.as_deref())?;
     let pre = preprocess_config(&args.clip, &clip)?;
     Ok(Setup {

@@ -12,8 +12,7 @@ use mmrl_data::few_shot::Subsample;
 use mmrl_data::loader::{ImageLoader, LoaderMode};
 use mmrl_data::preprocess::{CropRounding, PreprocessConfig};
 use mmrl_data::ClipTokenizer;
-use mmrl_model::clip::loader::load_clip;
-use mmrl_model::clip::Clip;
+use mmrl_model::clip::{Clip, Precision};
 use mmrl_model::methods::{Classes, Method};
 use mmrl_train::checkpoint::{method_settings, read_header, CheckpointHeader};
 use mmrl_train::eval::{evaluate, Tally};
@@ -23,7 +22,7 @@ use mmrl_train::results::RunReport;
 use mmrl_train::zeroshot::class_prompts;
 
 use crate::backend::DeviceKind;
-use crate::cli::pick_tokenizer;
+use crate::cli::{load_clip_as, pick_tokenizer};
 use crate::data_cmd::{DatasetArgs, SubsampleArg};
 use mmrl_model::ClipBackend;
 
@@ -64,6 +63,10 @@ pub struct EvalArgs {
     pub set: Vec<String>,
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// Frozen CLIP's precision: f32 (the reference tests in f32), or bf16
+    /// (its blocks' weights and token embeddings in bfloat16; CUDA and CPU).
+    #[arg(long, default_value_t = Precision::F32)]
+    pub precision: Precision,
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
 }
@@ -186,8 +189,7 @@ pub fn eval_cmd<B: ClipBackend>(a: &EvalArgs, device: &B::Device) -> Result<()> 
     let method = checkpoint_method(a.method.as_deref(), header.as_ref(), &a.checkpoint, None)?;
     let shots = flag_or_recorded("shots", a.shots, header.as_ref().and_then(|h| h.shots), 16);
     let seed = flag_or_recorded("seed", a.seed, header.as_ref().and_then(|h| h.seed), 1);
-    let loaded = load_clip::<B>(&a.clip, device)
-        .with_context(|| format!("loading CLIP from {}", a.clip.display()))?;
+    let loaded = load_clip_as::<B>(&a.clip, a.precision, device)?;
     let tokenizer = pick_tokenizer(a.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
     let pre = PreprocessConfig {
         crop_rounding: CropRounding::HalfEven,

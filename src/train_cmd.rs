@@ -8,14 +8,14 @@ use clap::Args;
 
 use mmrl_data::dataset::Source;
 use mmrl_data::preprocess::{CropRounding, PreprocessConfig};
-use mmrl_model::clip::loader::load_clip;
+use mmrl_model::clip::Precision;
 use mmrl_model::methods::Method;
 use mmrl_train::config::{recipe_for, Protocol, TrainConfig};
 use mmrl_train::registry::{self, MethodVisitor};
 use mmrl_train::run::{self, RunPaths};
 
 use crate::backend::DeviceKind;
-use crate::cli::pick_tokenizer;
+use crate::cli::{load_clip_as, pick_tokenizer};
 use mmrl_model::ClipBackend;
 
 #[derive(Debug, Args)]
@@ -66,6 +66,11 @@ pub struct TrainArgs {
     /// Backend to run on.
     #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// Frozen CLIP's precision: f32, or bf16 (its blocks' weights and token
+    /// embeddings in bfloat16; what is trained, the losses and the optimiser
+    /// stay f32). CUDA and CPU. Default: the config's, else f32.
+    #[arg(long)]
+    pub precision: Option<Precision>,
     /// Where results, checkpoints and logs go.
     #[arg(long, required_unless_present = "dry_run")]
     pub output: Option<PathBuf>,
@@ -147,6 +152,9 @@ pub fn resolve_config(a: &TrainArgs) -> Result<(TrainConfig, String)> {
     if a.skip_bad_images {
         cfg.skip_bad_images = true;
     }
+    if let Some(p) = a.precision {
+        cfg.precision = p;
+    }
     for s in &a.set {
         cfg.set(s)?;
     }
@@ -172,8 +180,7 @@ pub fn train_cmd<B: ClipBackend>(a: &TrainArgs, device: &B::Device) -> Result<()
     let (Some(clip), Some(root), Some(output)) = (&a.clip, &a.root, &a.output) else {
         bail!("--clip, --root and --output are needed to train (only --dry-run goes without)");
     };
-    let loaded = load_clip::<B>(clip, device)
-        .with_context(|| format!("loading CLIP from {}", clip.display()))?;
+    let loaded = load_clip_as::<B>(clip, cfg.precision, device)?;
     let tokenizer = pick_tokenizer(a.tokenizer.as_deref(), loaded.tokenizer.as_deref())?;
     let size = loaded.config.vision_config.image_size;
     let pre = PreprocessConfig {

@@ -6,8 +6,8 @@ mod common;
 use burn::prelude::*;
 use common::*;
 use mmrl::data::ClipTokenizer;
-use mmrl::model::clip::l2_normalize;
 use mmrl::model::clip::loader::{load_clip, Layout, LoadedClip};
+use mmrl::model::clip::{l2_normalize, Precision};
 use mmrl::train::zeroshot;
 
 fn load(rel: &str) -> LoadedClip<B> {
@@ -102,6 +102,38 @@ fn openai_safetensors_matches_transformers() {
     );
     assert_eq!(clip.config.projection_dim, hf.config.projection_dim);
     assert_matches_transformers("tiny_openai.safetensors", "", 1e-4, 1e-3);
+}
+
+/// `--precision bf16`: the blocks' weights and the token table in bf16,
+/// against transformers' f32 outputs; the rounding shows, and stays a rounding.
+#[test]
+fn bf16_blocks_match_transformers_within_bf16_rounding() {
+    if let Err(e) = Precision::Bf16.check::<B>(&Default::default()) {
+        assert!(e.contains("--precision f32"), "{e}");
+        eprintln!("not on {DEVICE}: {e}");
+        return;
+    }
+    let f32_logits = embeddings(&load("tiny_hf")).2;
+    let mut clip = load("tiny_hf");
+    clip.model = clip.model.with_precision(Precision::Bf16);
+    assert_eq!(clip.model.precision(), Precision::Bf16);
+    let (text, image, logits) = embeddings(&clip);
+    for (check, ours, key) in [
+        ("bf16 text embeds", text, "text_embeds"),
+        ("bf16 image embeds", image, "image_embeds"),
+        ("bf16 logits", logits.clone(), "logits_per_image"),
+    ] {
+        assert_close_rel(
+            check,
+            &ours,
+            &tensor("expected.safetensors", key).0,
+            BF16_REL_TOL,
+        );
+    }
+    assert!(
+        max_abs_diff(&logits, &f32_logits) > 0.0,
+        "bf16 changed nothing"
+    );
 }
 
 #[test]

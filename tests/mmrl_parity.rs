@@ -10,8 +10,8 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use common::*;
 use mmrl::data::ClipTokenizer;
-use mmrl::model::clip::l2_normalize;
 use mmrl::model::clip::loader::load_clip;
+use mmrl::model::clip::{l2_normalize, Precision};
 use mmrl::model::methods::mmrl::Mmrl;
 use mmrl::model::methods::mmrl_io::{load_mmrl, save_mmrl_safetensors};
 use mmrl::model::methods::{ClassPrompts, Method};
@@ -193,8 +193,39 @@ fn features_logits_and_loss_match_the_reference() {
 
 #[test]
 fn gradients_match_the_reference_and_clip_stays_frozen() {
+    gradients_match(Precision::F32);
+}
+
+/// `--precision bf16`: CLIP's blocks and token table in bf16, MMRL's
+/// parameters, loss and gradients in f32, against the reference's f32 run.
+#[test]
+fn bf16_frozen_clip_gives_the_reference_loss_and_gradients_within_bf16_rounding() {
+    if let Err(e) = Precision::Bf16.check::<B>(&Default::default()) {
+        assert!(e.contains("--precision f32"), "{e}");
+        eprintln!("not on {DEVICE}: {e}");
+        return;
+    }
+    gradients_match(Precision::Bf16);
+}
+
+fn gradients_match(precision: Precision) {
     type AB = Autodiff<B>;
     let mut model = load::<AB>("mmrl_params.safetensors");
+    if precision != Precision::F32 {
+        let clip = model.clip.0.clone().with_precision(precision);
+        model.clip = mmrl::model::Frozen::new(clip);
+    }
+    let assert_close = |name: &str, ours: &[f32], key: &str, tol: f32| match precision {
+        Precision::F32 => assert_close(name, ours, key, tol),
+        _ => {
+            let rel = if key.starts_with("grad") {
+                BF16_GRAD_REL_TOL
+            } else {
+                BF16_REL_TOL
+            };
+            assert_close_rel(name, ours, &expected(key), rel);
+        }
+    };
     model.reg_weight = WEIGHTS.reg_weight;
     assert_eq!(model.alpha, WEIGHTS.alpha);
     let x = inputs::<AB>(true);
@@ -261,8 +292,9 @@ fn gradients_match_the_reference_and_clip_stays_frozen() {
             );
         }
     }
-    // Frozen CLIP: no gradient anywhere in it.
+    // Frozen CLIP: no gradient anywhere in it, and in the precision asked.
     let clip = &model.clip;
+    assert_eq!(clip.precision(), precision);
     assert!(clip.visual_projection.weight.val().grad(&grads).is_none());
     assert!(clip.vision_model.encoder.layers[3]
         .mlp

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use mmrl_model::clip::Precision;
 use mmrl_model::methods::MethodConfig;
 use serde::{Deserialize, Serialize};
 
@@ -117,6 +118,11 @@ pub struct TrainConfig {
     /// accuracy, and keep the best validation epoch's weights (the
     /// Multi-Modal Adapter's reference: 10).
     pub patience: usize,
+    /// Frozen CLIP's precision (`--precision`): `f32`, or `bf16`: the
+    /// blocks' weights and the token embeddings stored in bfloat16 and the
+    /// blocks' products run in it, everything else (and everything trained,
+    /// the losses, the optimiser) in f32. CUDA and the CPU; not wgpu.
+    pub precision: Precision,
     /// Decoding threads.
     pub workers: usize,
     /// Keep decoded images in memory after the first epoch.
@@ -156,6 +162,7 @@ impl Default for TrainConfig {
             crop_scale: (0.5, 1.0),
             val_every: 0,
             patience: 0,
+            precision: Precision::F32,
             workers: 2,
             cache_images: true,
             skip_bad_images: false,

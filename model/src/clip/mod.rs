@@ -9,6 +9,7 @@ pub mod config;
 pub mod loader;
 pub mod model;
 pub mod pickle_scan;
+pub mod precision;
 pub mod save;
 pub mod text;
 pub mod transformer;
@@ -16,4 +17,5 @@ pub mod vision;
 
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig, HiddenAct};
 pub use model::{l2_normalize, Clip};
+pub use precision::Precision;
 pub use transformer::{BlockHook, Encoder, NoHook};

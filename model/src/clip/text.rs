@@ -74,7 +74,18 @@ impl<B: ClipBackend> ClipTextTransformer<B> {
     /// - `tokens`: `[batch, seq]` with `seq <= context`
     /// - output: `[batch, seq, width]`
     pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        self.add_positions(self.embeddings.token_embedding.forward(tokens))
+        self.add_positions(self.token_embeddings(tokens))
+    }
+
+    /// The token embeddings alone, in the positional embeddings' dtype (the
+    /// table may be stored in bf16, [`super::Precision::Bf16`]).
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]`
+    /// - output: `[batch, seq, width]`
+    pub fn token_embeddings(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let dtype = self.embeddings.position_embedding.weight.val().dtype();
+        self.embeddings.token_embedding.forward(tokens).cast(dtype)
     }
 
     /// Adds the positional embeddings to already embedded tokens (methods

@@ -161,9 +161,7 @@ impl CommaConfig {
         let vw = vision_width(&clip);
         let ctx = clip
             .text_model
-            .embeddings
-            .token_embedding
-            .forward(ctx_ids.unsqueeze_dim::<2>(0))
+            .token_embeddings(ctx_ids.unsqueeze_dim::<2>(0))
             .reshape([self.n_ctx, tw])
             .detach();
         let ctx = round_if(ctx, self.fp16);
@@ -488,10 +486,7 @@ impl<B: ClipBackend> Comma<B> {
     /// `[classes, projection_dim]`.
     fn text_side(&self, p: &Prompts<B>, set: &CommaClasses<B>) -> (Tensor<B, 3>, Tensor<B, 2>) {
         let text = &self.clip.text_model;
-        let emb = round_if(
-            text.embeddings.token_embedding.forward(set.tokens.clone()),
-            self.fp16,
-        );
+        let emb = round_if(text.token_embeddings(set.tokens.clone()), self.fp16);
         let [classes, seq, tw] = emb.dims();
         let n = self.n_ctx();
         let ctx = p.ctx.clone().unsqueeze_dim::<3>(0).expand([classes, n, tw]);

@@ -204,7 +204,7 @@ impl CoopConfig {
                 )));
             }
             let ids = prompts.tokens.clone().narrow(0, 0, 1).narrow(1, 1, n_ctx);
-            let emb = clip.text_model.embeddings.token_embedding.forward(ids);
+            let emb = clip.text_model.token_embeddings(ids);
             CoopContext::Generic(Param::from_tensor(emb.reshape([n_ctx, width]).detach()))
         } else if self.csc {
             CoopContext::ClassSpecific(Param::from_tensor(crate::init::random(
@@ -532,9 +532,7 @@ impl<B: ClipBackend> Coop<B> {
         let emb = self
             .clip
             .text_model
-            .embeddings
-            .token_embedding
-            .forward(prompts.tokens.clone()); // [classes, seq, width]
+            .token_embeddings(prompts.tokens.clone()); // [classes, seq, width]
         let width = emb.dims()[2];
         let prefix = emb.clone().narrow(1, 0, 1); // SOS
         let suffix = emb.narrow(1, 1 + n, seq - 1 - n); // name, '.', EOT, padding
@@ -818,11 +816,7 @@ mod tests {
         let device = Default::default();
         let p = prompts(3, &[1, 2], 10);
         let clip = tiny_clip();
-        let emb = clip
-            .text_model
-            .embeddings
-            .token_embedding
-            .forward(p.tokens.clone());
+        let emb = clip.text_model.token_embeddings(p.tokens.clone());
         let row = |t: &Tensor<B, 3>, c: usize, k: usize| -> Vec<f32> {
             t.clone()
                 .narrow(0, c, 1)
