@@ -1193,6 +1193,66 @@ fn iteration_losses(out: &Path) -> Vec<f64> {
     losses
 }
 
+/// `mmrl train --precision bf16` (frozen CLIP's blocks in bf16) follows the
+/// f32 run: the config records it, the loss falls, every iteration's loss
+/// stays within bf16's rounding of the f32 run's (the tolerance of
+/// `common::BF16_REL_TOL`), and the checkpoint's trained tensors are f32,
+/// pointing the same way as the f32 run's.
+#[test]
+fn training_with_a_bf16_clip_follows_the_f32_run() {
+    use common::{cosine, tensor_at, BF16_MIN_COSINE, BF16_REL_TOL, DEVICE};
+    let tmp = TempDir::new("train-bf16");
+    let root = tmp.path().join("data");
+    make_dataset(&root);
+    let run = |precision: &str| {
+        let out = tmp.path().join(precision);
+        let o = train_with(
+            &root,
+            &out,
+            "1",
+            &["--device", DEVICE, "--precision", precision],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        (out, o.status.success(), stderr)
+    };
+    let (bf_out, ok, stderr) = run("bf16");
+    if !ok {
+        // Only a backend without bf16 may refuse, and it says what to do.
+        assert!(stderr.contains("--precision f32"), "{stderr}");
+        return;
+    }
+    let config = std::fs::read_to_string(bf_out.join("config.toml")).unwrap();
+    assert!(config.contains("precision = \"bf16\""), "{config}");
+    let (f32_out, ok, stderr) = run("f32");
+    assert!(ok, "{stderr}");
+    let (bf, full) = (iteration_losses(&bf_out), iteration_losses(&f32_out));
+    assert!(bf.len() >= 6 && bf.len() == full.len(), "{bf:?} {full:?}");
+    let (first, last) = (bf[0] + bf[1], bf[bf.len() - 2] + bf[bf.len() - 1]);
+    assert!(last < first, "the loss does not fall: {bf:?}");
+    for (i, (b, f)) in bf.iter().zip(&full).enumerate() {
+        let d = (b - f).abs();
+        eprintln!("iteration {i}: bf16 {b}, f32 {f} ({:.2e})", d / f.abs());
+        assert!(
+            d <= BF16_REL_TOL as f64 * f.abs(),
+            "iteration {i}: bf16 {b}, f32 {f}"
+        );
+    }
+    let ckpt = |out: &Path| out.join("seed1/mmrl.safetensors");
+    let bytes = std::fs::read(ckpt(&bf_out)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in st.tensors() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+        let (b, _) = tensor_at(&ckpt(&bf_out), &name);
+        let (f, _) = tensor_at(&ckpt(&f32_out), &name);
+        let cos = cosine(&b, &f);
+        eprintln!("trained {name}: cosine {cos}");
+        assert!(
+            cos >= BF16_MIN_COSINE,
+            "trained {name}: cosine {cos} with the f32 run's"
+        );
+    }
+}
+
 /// The same `mmrl train` on the GPU backend the tests were built for and on
 /// the CPU: the loss falls on the GPU, every iteration's loss and the trained
 /// parameters agree with the CPU run, the checkpoint holds only the trained
