@@ -28,8 +28,9 @@
 #      burn benchmark, which fills its kernel cache and may run on into phase B;
 #      every measured difference goes to $OUT/measured.jsonl.
 #   B. the speed figures, one run at a time: one MMRL training step (batch 4,
-#      100 classes) on the backend `mmrl train` uses (without fusion) against
-#      the PyTorch reference step (AMP, as the reference trains, and f32/TF32);
+#      100 classes) on the backend `mmrl train` uses (without fusion), in f32
+#      (TF32) and with frozen CLIP in bf16 (`--precision bf16`), against the
+#      PyTorch reference step (AMP, as the reference trains, and f32/TF32);
 #      ViT-B/16 image encode (batch 256) and text encode (100 prompts), f32
 #      (TF32) and bf16; peak GPU memory. Burn's runs wait for their warm-up and
 #      reuse its compiled kernels, so they time steady state.
@@ -170,6 +171,7 @@ fi
 # The warm-ups may run on until phase B needs them (each run waits for its own).
 WARM=$((BUDGET - 120))
 job warm-step "$WARM" "$BIN/mmrl-bench" --backend cuda --what mmrl-step --batch 4 --prompts 100 --iters 1
+job warm-step-bf16 "$WARM" "$BIN/mmrl-bench" --backend cuda --precision bf16 --what mmrl-step --batch 4 --prompts 100 --iters 1
 if [ "${FUSED_STEP:-0}" = 1 ]; then
   job warm-step-fused "$WARM" "$BIN/mmrl-bench" --backend cuda-fused --what mmrl-step --batch 4 --prompts 100 --iters 1
 fi
@@ -217,6 +219,7 @@ bench torch-step-f32-4-100 - 120 python3 "$STEP" --device cuda --batch 4 --class
 bench torch-encode-f32 - 120 python3 "$ENCODE" --device cuda --batch 256 --iters 10
 bench torch-encode-bf16 - 120 python3 "$ENCODE" --device cuda --batch 256 --iters 10 --dtype bf16
 bench burn-step-4-100 warm-step 150 "$BIN/mmrl-bench" --backend cuda --what mmrl-step --batch 4 --prompts 100 --iters 5
+bench burn-step-bf16-4-100 warm-step-bf16 150 "$BIN/mmrl-bench" --backend cuda --precision bf16 --what mmrl-step --batch 4 --prompts 100 --iters 5
 if [ "${FUSED_STEP:-0}" = 1 ]; then
   bench burn-step-fused-4-100 warm-step-fused 150 "$BIN/mmrl-bench" --backend cuda-fused --what mmrl-step --batch 4 --prompts 100 --iters 5
 fi

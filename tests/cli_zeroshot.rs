@@ -97,6 +97,46 @@ fn hf_folder_logits_match_transformers() {
     check_logits("tiny_hf", "logits_per_image", &[]);
 }
 
+/// `--precision bf16` end to end: within bf16's rounding of transformers'
+/// f32 logits where the backend has bf16; a clean refusal naming the way out
+/// where it has not (wgpu: CI runs this on lavapipe too).
+#[test]
+fn hf_folder_bf16_logits_match_transformers_or_are_refused() {
+    let clip = clip_fixture("tiny_hf").display().to_string();
+    let (images, classes) = (valid_images(), classes_arg());
+    let mut args = vec!["zeroshot", "--clip", &clip, "--json", "--classes", &classes];
+    args.extend(["--device", DEVICE, "--precision", "bf16", "--images"]);
+    args.extend(images.iter().map(String::as_str));
+    let out = mmrl(&args);
+    if DEVICE == "wgpu" {
+        assert_clean_failure(
+            &out,
+            &["--precision bf16 is not supported", "--precision f32"],
+        );
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let logits: Vec<f32> = json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["logits"].as_array().unwrap().clone())
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let (expected, _) = tensor("expected.safetensors", "logits_per_image");
+    assert_close_rel(
+        "zeroshot --precision bf16 logits",
+        &logits,
+        &expected,
+        BF16_REL_TOL,
+    );
+}
+
 #[cfg(feature = "ndarray")]
 #[test]
 fn ndarray_backend_logits_match_transformers() {

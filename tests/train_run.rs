@@ -369,6 +369,12 @@ fn bad_training_arguments_are_clear_errors() {
         tmp.path().join("o").to_str().unwrap(),
     ]);
     assert_clean_failure(&o, &["no_such_key"]);
+    // An unknown precision names the ones there are.
+    for bad in [&["--precision", "fp8"][..], &["--set", "precision=fp16"]] {
+        let mut args = vec!["train", "--dataset", "eurosat", "--dry-run"];
+        args.extend_from_slice(bad);
+        assert_clean_failure(&mmrl(&args), &["f32", "bf16"]);
+    }
 
     // A corrupt training image stops the run with its path; --skip-bad-images
     // goes on. (class_1/2.png is in seed 1's training draw; the validation

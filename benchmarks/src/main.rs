@@ -7,6 +7,9 @@
 //! mmrl-bench --what mmrl-step [--backend flex|ndarray|wgpu|wgpu-fused|cuda|cuda-fused] [--batch 4] [--prompts 100] [--iters 3]
 //! mmrl-bench --what method-step --method NAME [--backend flex|ndarray|wgpu|wgpu-fused|cuda|cuda-fused] [--batch 4] [--prompts 100] [--iters 3]
 //! ```
+//! `--precision bf16` (encode, `mmrl-step`, `method-step`) holds frozen
+//! CLIP's blocks and token table in bf16, as `mmrl train --precision bf16`
+//! (`mmrl_model::clip::Precision`); `cuda-bf16` is CUDA in bf16 throughout.
 //! `--what method-step` times one method (any registered name) as `mmrl
 //! train` runs it: its training step with an AdamW update and its scoring
 //! pass, with each phase's peak memory (see `method_step.rs`).
@@ -32,7 +35,7 @@ use std::time::Instant;
 
 use burn::prelude::*;
 use mmrl_data::ClipTokenizer;
-use mmrl_model::clip::{Clip, ClipConfig};
+use mmrl_model::clip::{Clip, ClipConfig, Precision};
 use mmrl_model::ClipBackend;
 
 mod method_step;
@@ -55,6 +58,7 @@ struct Args {
     images: usize,
     epochs: usize,
     dir: Option<std::path::PathBuf>,
+    precision: Precision,
 }
 
 fn parse() -> Result<Args, String> {
@@ -72,6 +76,7 @@ fn parse() -> Result<Args, String> {
         images: 256,
         epochs: 3,
         dir: None,
+        precision: Precision::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,10 +95,22 @@ fn parse() -> Result<Args, String> {
             "--images" => a.images = val()?.parse().map_err(|e| format!("--images: {e}"))?,
             "--epochs" => a.epochs = val()?.parse().map_err(|e| format!("--epochs: {e}"))?,
             "--dir" => a.dir = Some(val()?.into()),
+            "--precision" => a.precision = val()?.parse()?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     Ok(a)
+}
+
+/// A random CLIP of `config` with its frozen weights in `precision`
+/// (refused where the backend cannot run it).
+fn frozen_clip<B: ClipBackend>(
+    config: &ClipConfig,
+    precision: Precision,
+    device: &B::Device,
+) -> Result<Clip<B>, String> {
+    precision.check::<B>(device)?;
+    Ok(config.init(device).with_precision(precision))
 }
 
 fn median_min(mut v: Vec<f64>) -> (f64, f64) {
@@ -127,11 +144,12 @@ fn run<B: ClipBackend>(args: &Args, device: B::Device) -> Result<(), String> {
         ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
     B::seed(&device, 0);
     mmrl_model::init::seed(0);
-    let clip: Clip<B> = config.init(&device);
+    let clip: Clip<B> = frozen_clip(&config, args.precision, &device)?;
     let size = config.vision_config.image_size;
     let common = serde_json::json!({
         "framework": "burn",
         "backend": args.backend,
+        "precision": args.precision.name(),
         "model": args.preset,
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     });

@@ -79,7 +79,7 @@ impl<B: ClipAutodiffBackend> TrainVisitor<B> for Bench<'_, B> {
             ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
         B::seed(device, 0);
         mmrl_model::init::seed(0);
-        let clip: Clip<B::InnerBackend> = clip_config.init(device);
+        let clip: Clip<B::InnerBackend> = crate::frozen_clip(&clip_config, args.precision, device)?;
         let size = clip_config.vision_config.image_size;
         let names: Vec<&str> = CLASSES.split(' ').collect();
         let classes: Vec<String> = (0..args.prompts)
@@ -144,6 +144,7 @@ impl<B: ClipAutodiffBackend> TrainVisitor<B> for Bench<'_, B> {
         let out = serde_json::json!({
             "framework": "burn",
             "backend": args.backend,
+            "precision": args.precision.name(),
             "model": args.preset,
             "what": "method-step",
             "method": name,

@@ -47,7 +47,7 @@ pub fn run<B: ClipAutodiffBackend>(args: &Args, device: B::Device) -> Result<(),
         ClipConfig::preset(&args.preset).ok_or(format!("unknown preset {}", args.preset))?;
     B::seed(&device, 0);
     mmrl_model::init::seed(0);
-    let clip: Clip<B::InnerBackend> = config.init(&device);
+    let clip: Clip<B::InnerBackend> = crate::frozen_clip(&config, args.precision, &device)?;
     let size = config.vision_config.image_size;
     let prompts = prompts(args.prompts);
     let inner = <Mmrl<B::InnerBackend> as Method<B::InnerBackend>>::init(
@@ -134,6 +134,7 @@ pub fn run<B: ClipAutodiffBackend>(args: &Args, device: B::Device) -> Result<(),
         let out = serde_json::json!({
             "framework": "burn",
             "backend": args.backend,
+            "precision": args.precision.name(),
             "model": args.preset,
             "what": "mmrl-step",
             "frozen_prefix": how,

@@ -76,7 +76,7 @@ impl Precision {
             return Ok(());
         }
         Err(format!(
-            "--precision {self} is not supported on {device:?}: this backend has no general \
+            "--precision {self} is not supported on this device ({device:?}): its backend has no general \
              {:?} arithmetic (wgpu's shaders have no bf16 type). Run it on CUDA \
              (--device cuda) or the CPU (--device cpu), or use --precision f32",
             self.dtype()
