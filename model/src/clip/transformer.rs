@@ -17,20 +17,11 @@ use crate::kernels::{self, ClipBackend};
 
 /// Applies a [`Linear`] to `[..., d_in]` as one `[rows, d_in]` product with
 /// the bias inside it ([`kernels::fused_linear`]; Burn's rank-3 linear runs
-/// `batch` separate products and adds the bias in a second pass).
-///
-/// A layer stored in another dtype than `x` (frozen weights in bf16,
-/// [`super::Precision::Bf16`]) runs in the layer's dtype, as autocast runs a
-/// linear: `x` is cast to it and the output back to `x`'s dtype; the casts
-/// are differentiable, so a gradient reaches `x` (computed in the layer's
-/// dtype, returned in `x`'s).
+/// `batch` separate products and adds the bias in a second pass). A layer
+/// stored in bf16 ([`super::Precision::Bf16`]) runs in bf16 as autocast runs
+/// a linear and returns `x`'s dtype; its gradient reaches `x` the same way.
 pub fn linear3<B: ClipBackend, const D: usize>(layer: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    let (weight, bias) = (layer.weight.val(), layer.bias.as_ref().map(|b| b.val()));
-    let (dtype, stored) = (x.dtype(), weight.dtype());
-    if dtype == stored {
-        return kernels::fused_linear(x, weight, bias);
-    }
-    kernels::fused_linear(x.cast(stored), weight, bias).cast(dtype)
+    kernels::fused_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// Configuration of one [`Encoder`].

@@ -8,9 +8,18 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::Autodiff;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::TensorMetadata;
+use burn::tensor::{FloatDType, TensorMetadata};
 
 use super::ClipBackend;
+
+/// `t` in `dtype` (itself when it is already).
+fn cast<B: ClipBackend>(t: FloatTensor<B>, dtype: FloatDType) -> FloatTensor<B> {
+    if FloatDType::from(t.dtype()) == dtype {
+        t
+    } else {
+        B::float_cast(t, dtype)
+    }
+}
 
 impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
     fn fused_linear(
@@ -21,9 +30,17 @@ impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
         #[derive(Debug)]
         struct Linear;
 
+        /// `x` (for the weight's gradient), the weight (for `x`'s) and the
+        /// dtypes each gradient is given in.
+        #[derive(Debug, Clone)]
+        struct State {
+            x: Option<NodeId>,
+            w: Option<NodeId>,
+            dtypes: [FloatDType; 3],
+        }
+
         impl<B: ClipBackend> Backward<B, 3> for Linear {
-            /// `x` (for the weight's gradient) and the weight (for `x`'s).
-            type State = (Option<NodeId>, Option<NodeId>);
+            type State = State;
 
             fn backward(
                 self,
@@ -31,7 +48,8 @@ impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
                 grads: &mut Gradients,
                 checkpointer: &mut Checkpointer,
             ) {
-                let (x, w) = ops.state;
+                let State { x, w, dtypes } = ops.state;
+                let [dtype_x, dtype_w, dtype_b] = dtypes;
                 let x: Option<B::FloatTensorPrimitive> =
                     x.map(|id| checkpointer.retrieve_node_output(id));
                 let w: Option<B::FloatTensorPrimitive> =
@@ -41,35 +59,51 @@ impl<B: ClipBackend, C: CheckpointStrategy> ClipBackend for Autodiff<B, C> {
                 if let Some(node) = pb {
                     let n = grad.shape()[1];
                     let db = B::float_reshape(B::float_sum_dim(grad.clone(), 0), [n].into());
-                    grads.register::<B>(node.id, db);
+                    grads.register::<B>(node.id, cast::<B>(db, dtype_b));
                 }
                 if let Some(node) = pw {
                     let x = x.expect("the input is kept when the weight needs a gradient");
-                    let dw = B::float_matmul(B::float_transpose(x), grad.clone());
+                    let (x, g) = (cast::<B>(x, dtype_w), cast::<B>(grad.clone(), dtype_w));
+                    let dw = B::float_matmul(B::float_transpose(x), g);
                     grads.register::<B>(node.id, dw);
                 }
                 if let Some(node) = px {
                     let w = w.expect("the weight is kept when the input needs a gradient");
-                    grads.register::<B>(node.id, B::float_matmul(grad, B::float_transpose(w)));
+                    // In the weight's dtype when it differs (a bf16 frozen
+                    // weight: as autocast computes it), returned in x's.
+                    let dx = if dtype_x == dtype_w {
+                        B::float_matmul(grad, B::float_transpose(w))
+                    } else {
+                        B::fused_linear(grad, B::float_transpose(w), None)
+                    };
+                    grads.register::<B>(node.id, dx);
                 }
             }
         }
 
         let Some(bias) = bias else {
-            // No bias: the product alone, with its own backward.
-            return <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(x, weight);
+            // No bias: the product alone, with its own backward (and the
+            // casts', for a weight in another dtype).
+            if x.dtype() == weight.dtype() {
+                return <Self as burn::tensor::ops::FloatTensorOps<Self>>::float_matmul(x, weight);
+            }
+            return super::composed::fused_linear::<Self>(x, weight, None);
         };
         let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+        let dtypes = [x.dtype(), weight.dtype(), bias.dtype()].map(FloatDType::from);
         match Linear
             .prepare::<C>([x.node.clone(), weight.node.clone(), bias.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
-                let x_state = w_tracked.then(|| prep.checkpoint(&x));
-                let w_state = x_tracked.then(|| prep.checkpoint(&weight));
+                let state = State {
+                    x: w_tracked.then(|| prep.checkpoint(&x)),
+                    w: x_tracked.then(|| prep.checkpoint(&weight)),
+                    dtypes,
+                };
                 let y = B::fused_linear(x.primitive, weight.primitive, Some(bias.primitive));
-                prep.finish((x_state, w_state), y)
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::fused_linear(
                 x.primitive,

@@ -1,5 +1,5 @@
-//! The specialised kernels of the default CPU backend, flex (f32; other
-//! dtypes take the composed forms).
+//! The specialised kernels of the default CPU backend, flex (f32, and the
+//! linear with a bf16 weight; other dtypes take the composed forms).
 
 use burn::tensor::{DType, TensorData, TensorMetadata};
 use burn_flex::{Flex, FlexTensor};
@@ -22,13 +22,24 @@ pub fn specialised() -> bool {
 
 impl ClipBackend for Flex {
     fn fused_linear(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {
-        let f32s = x.dtype() == DType::F32
-            && weight.dtype() == DType::F32
-            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-        if !f32s || !specialised() {
+        let stored = weight.dtype();
+        let fits = x.dtype() == DType::F32
+            && matches!(stored, DType::F32 | DType::BF16)
+            && bias.as_ref().is_none_or(|b| b.dtype() == stored);
+        if !fits || !specialised() {
             return composed::fused_linear::<Flex>(x, weight, bias);
         }
-        linear_f32(x, weight, bias)
+        if stored == DType::F32 {
+            return linear_f32(x, weight, bias);
+        }
+        // A bf16 weight (frozen CLIP, `Precision::Bf16`), as bf16 tensor
+        // cores run it: `x` rounded to bf16, the exact products summed in f32
+        // with the bias, the result rounded to bf16 once; all in f32 storage
+        // (the weight widened per call: flex 0.21's own bf16 product widens
+        // both operands, and the casts around it cost more than the product).
+        let x = rounded_to_bf16(x);
+        let y = linear_f32(x, widened(weight), bias.map(widened));
+        rounded_to_bf16(y)
     }
 
     fn quick_gelu(x: FlexTensor) -> FlexTensor {
@@ -247,6 +258,35 @@ unsafe fn gemm_f32(
             parallelism,
         )
     }
+}
+
+/// An f32 tensor's values rounded to bf16 (to nearest, ties to even), kept
+/// in f32: in place when this call may overwrite it.
+fn rounded_to_bf16(t: FlexTensor) -> FlexTensor {
+    let round = |v: &mut [f32]| {
+        v.iter_mut()
+            .for_each(|x| *x = burn::tensor::bf16::from_f32(*x).to_f32())
+    };
+    let mut t = owned_contiguous(t);
+    let values: &mut [f32] = t.storage_mut();
+    values.par_chunks_mut(CHUNK).for_each(round);
+    t
+}
+
+/// A bf16 tensor as an f32 one (exact), contiguous.
+fn widened(t: FlexTensor) -> FlexTensor {
+    let shape = t.shape();
+    let t = t.to_contiguous();
+    let (start, end) = t
+        .layout()
+        .contiguous_offsets()
+        .expect("a contiguous layout");
+    let src = &t.storage::<burn::tensor::bf16>()[start..end];
+    let mut out = vec![0.0f32; src.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, s)| *o = s.to_f32()));
+    FlexTensor::from_data(TensorData::new(out, shape))
 }
 
 fn linear_f32(x: FlexTensor, weight: FlexTensor, bias: Option<FlexTensor>) -> FlexTensor {

@@ -7,7 +7,10 @@
 //! and the default CPU backend, flex, has specialised ones (`flex.rs`):
 //!
 //! - [`fused_linear`]: `x · W + b` with the bias written into the output before
-//!   the GEMM accumulates into it (no second pass over the output);
+//!   the GEMM accumulates into it (no second pass over the output); with `W`
+//!   and `b` stored in bf16 (frozen CLIP, `clip::Precision::Bf16`), the same
+//!   f32 GEMM on the weight widened per call, `x` and the result rounded to
+//!   bf16, as bf16 tensor cores compute it;
 //! - [`quick_gelu`]: `x · σ(1.702 x)` in one vectorised, threaded pass (the
 //!   composed form is three passes with a scalar `exp`);
 //! - [`softmax_last`]: softmax over the last dimension, vectorised and threaded;
@@ -30,7 +33,9 @@
 //!
 //! Every specialised kernel equals its composed form within 1e-6 of the
 //! result's largest magnitude (the property tests in `tests`, over odd
-//! shapes, strided and offset inputs and the causal mask).
+//! shapes, strided and offset inputs and the causal mask); the linear with a
+//! bf16 weight within two bf16 roundings (2⁻⁷), as the composed form rounds
+//! after the product and again after the bias.
 
 mod autodiff;
 mod flex;
@@ -48,7 +53,11 @@ use burn::tensor::{TensorMetadata, TensorPrimitive};
 /// defaults, and `Autodiff<B>` with the matching backward.
 pub trait ClipBackend: Backend {
     /// `x · weight + bias`: `x` `[m, k]`, `weight` `[k, n]` (Burn's layout),
-    /// `bias` `[n]`; output `[m, n]`.
+    /// `bias` `[n]`; output `[m, n]` in `x`'s dtype. A weight and bias stored
+    /// in another dtype (frozen CLIP in bf16, `clip::Precision::Bf16`) set
+    /// the product's precision, as autocast runs a linear: `x` rounded to
+    /// their dtype, the products accumulated in f32, the result rounded to
+    /// their dtype and returned in `x`'s.
     fn fused_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -172,17 +181,20 @@ pub fn attention_core<B: ClipBackend>(
 pub mod composed {
     use super::*;
 
-    /// `x · weight + bias` as a product and a broadcast sum.
+    /// `x · weight + bias` as a product and a broadcast sum, in the
+    /// weight's dtype (`x` cast to it and the result back).
     pub fn fused_linear<B: Backend>(
         x: FloatTensor<B>,
         weight: FloatTensor<B>,
         bias: Option<FloatTensor<B>>,
     ) -> FloatTensor<B> {
-        let y = float::<B, 2>(x).matmul(float(weight));
-        match bias {
-            Some(b) => prim(y + float::<B, 1>(b).unsqueeze()),
-            None => prim(y),
-        }
+        let (dtype, stored) = (x.dtype(), weight.dtype());
+        let y = float::<B, 2>(x).cast(stored).matmul(float(weight));
+        let y = match bias {
+            Some(b) => y + float::<B, 1>(b).unsqueeze(),
+            None => y,
+        };
+        prim(y.cast(dtype))
     }
 
     /// A tensor of any rank as a vector, and the shape to give back.

@@ -4,7 +4,7 @@
 //! Tolerance: every value within 1e-6 of the composed one, relative to the
 //! largest magnitude of the composed result (the two sum products in
 //! different orders, and the fused softmax multiplies by `1/Σ` where the
-//! composed one divides).
+//! composed one divides); for a bf16 weight, within two bf16 roundings.
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
@@ -32,6 +32,17 @@ fn rand<Bk: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<Bk,
 
 #[track_caller]
 fn close<Bk: Backend, const D: usize>(got: Tensor<Bk, D>, want: Tensor<Bk, D>, what: &str) {
+    close_within(got, want, 1e-6, what);
+}
+
+/// Every value within `tol` of `want`'s largest magnitude.
+#[track_caller]
+fn close_within<Bk: Backend, const D: usize>(
+    got: Tensor<Bk, D>,
+    want: Tensor<Bk, D>,
+    tol: f32,
+    what: &str,
+) {
     assert_eq!(got.dims(), want.dims(), "{what}: shapes");
     let g = got.into_data().to_vec::<f32>().unwrap();
     let w = want.into_data().to_vec::<f32>().unwrap();
@@ -41,7 +52,7 @@ fn close<Bk: Backend, const D: usize>(got: Tensor<Bk, D>, want: Tensor<Bk, D>, w
         .max(f32::MIN_POSITIVE);
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         assert!(
-            (a - b).abs() <= 1e-6 * scale,
+            (a - b).abs() <= tol * scale,
             "{what}: element {i}: {a} vs {b} (scale {scale})"
         );
     }
@@ -239,6 +250,51 @@ fn gradients_match_the_composed_ops() {
             "attention",
         );
     }
+}
+
+/// A weight and bias stored in bf16 (frozen CLIP, `Precision::Bf16`):
+/// flex's product rounds the f32 sum with the bias to bf16 once, the composed
+/// form rounds the bf16 product and again after adding the bias; so they
+/// agree within two bf16 roundings (2^-7) of the result's magnitude, forward
+/// and in the input's gradient, which comes back in f32.
+#[test]
+fn bf16_weight_linear_matches_the_composed_form() {
+    use burn::tensor::DType;
+    let two_roundings = 2f32.powi(-7);
+    for (i, &(m, k, n)) in [(1, 1, 3), (7, 5, 17), (33, 64, 100)].iter().enumerate() {
+        let seed = 40 + 10 * i as u64;
+        let x = rand::<F, 2>([m, k], seed);
+        let w = rand::<F, 2>([k, n], seed + 1).cast(DType::BF16);
+        let b = rand::<F, 1>([n], seed + 2).cast(DType::BF16);
+        let y = fused_linear(x.clone(), w.clone(), Some(b.clone()));
+        assert_eq!(y.dtype(), DType::F32);
+        let want = composed_linear(x.clone(), w.clone(), Some(b));
+        assert!(
+            y.clone().sub(want.clone()).abs().max().into_scalar() > 0.0 || m * n < 8,
+            "bf16: the rounding shows"
+        );
+        close_within(y, want, two_roundings, "bf16 weight");
+        close_within(
+            fused_linear(x.clone(), w.clone(), None),
+            composed_linear(x, w, None),
+            two_roundings,
+            "bf16 weight, no bias",
+        );
+    }
+    let x = rand::<A, 2>([9, 6], 1);
+    let w = rand::<A, 2>([6, 12], 2).cast(DType::BF16);
+    let b = rand::<A, 1>([12], 3).cast(DType::BF16);
+    let got = grads([x.clone()], |[x]| {
+        fused_linear(x, w.clone(), Some(b.clone()))
+    });
+    let want = grads([x], |[x]| composed_linear(x, w.clone(), Some(b.clone())));
+    assert_eq!(got[0].dtype(), DType::F32);
+    close_within(
+        got[0].clone(),
+        want[0].clone(),
+        two_roundings,
+        "bf16 weight, gradient",
+    );
 }
 
 /// flex's attention backward against the composed one, over odd shapes,
