@@ -75,9 +75,9 @@ impl Precision {
             return Ok(());
         }
         Err(format!(
-            "--precision {self} is not supported on this device ({device:?}): its backend has no general \
-             {:?} arithmetic (wgpu's shaders have no bf16 type). Run it on CUDA \
-             (--device cuda) or the CPU (--device cpu), or use --precision f32",
+            "--precision {self} is not supported on this device ({device:?}): its backend has no \
+             general {:?} arithmetic (wgpu's shaders, for one, have no bf16 type). Run it on \
+             CUDA (--device cuda) or the CPU (--device cpu), or use --precision f32",
             self.dtype()
         ))
     }
@@ -164,7 +164,7 @@ impl<B: Backend> Clip<B> {
         }
     }
 
-    /// Bytes held by the parameters, by dtype.
+    /// Bytes held by the parameters, each at its dtype's size.
     pub fn parameter_bytes(&self) -> usize {
         use burn::module::ModuleVisitor;
         struct Bytes(usize);
