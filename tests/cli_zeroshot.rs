@@ -39,12 +39,10 @@ fn tokenizer() -> String {
     clip_fixture("tiny_hf/tokenizer.json").display().to_string()
 }
 
-/// Runs zeroshot --json on the valid images and compares with transformers'
-/// logits in `key` (the images preprocessed as the weights' ecosystem does),
-/// on the tests' backend (`common::DEVICE`) unless `extra` names another.
-fn check_logits(clip: &str, key: &str, extra: &[&str]) {
+/// Runs `mmrl zeroshot --json` with the fixture's classes on the valid
+/// images, on the tests' backend (`common::DEVICE`) unless `extra` names another.
+fn zeroshot_json(clip: &str, images: &[String], extra: &[&str]) -> std::process::Output {
     let clip = clip_fixture(clip).display().to_string();
-    let images = valid_images();
     let classes = classes_arg();
     let mut args: Vec<&str> = vec!["zeroshot", "--clip", &clip, "--json", "--classes", &classes];
     if !extra.contains(&"--device") {
@@ -53,7 +51,14 @@ fn check_logits(clip: &str, key: &str, extra: &[&str]) {
     args.extend_from_slice(extra);
     args.push("--images");
     args.extend(images.iter().map(String::as_str));
-    let out = mmrl(&args);
+    mmrl(&args)
+}
+
+/// Runs zeroshot --json on the valid images and compares with transformers'
+/// logits in `key` (the images preprocessed as the weights' ecosystem does).
+fn check_logits(clip: &str, key: &str, extra: &[&str]) {
+    let images = valid_images();
+    let out = zeroshot_json(clip, &images, extra);
     assert!(
         out.status.success(),
         "{}",
@@ -102,12 +107,7 @@ fn hf_folder_logits_match_transformers() {
 /// where it has not (wgpu: CI runs this on lavapipe too).
 #[test]
 fn hf_folder_bf16_logits_match_transformers_or_are_refused() {
-    let clip = clip_fixture("tiny_hf").display().to_string();
-    let (images, classes) = (valid_images(), classes_arg());
-    let mut args = vec!["zeroshot", "--clip", &clip, "--json", "--classes", &classes];
-    args.extend(["--device", DEVICE, "--precision", "bf16", "--images"]);
-    args.extend(images.iter().map(String::as_str));
-    let out = mmrl(&args);
+    let out = zeroshot_json("tiny_hf", &valid_images(), &["--precision", "bf16"]);
     if DEVICE == "wgpu" {
         assert_clean_failure(
             &out,

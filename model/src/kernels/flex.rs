@@ -46,23 +46,7 @@ impl ClipBackend for Flex {
         if x.dtype() != DType::F32 || !specialised() {
             return composed::quick_gelu::<Flex>(x);
         }
-        if writable(&x) {
-            let mut y = x;
-            let values: &mut [f32] = y.storage_mut();
-            values
-                .par_chunks_mut(CHUNK)
-                .for_each(vecmath::quick_gelu_inplace);
-            return y;
-        }
-        // Shared (the autodiff graph keeps it): into a new buffer, in one pass.
-        let shape = x.shape();
-        let x = x.to_contiguous();
-        let src = values(&x);
-        let mut out = vec![0.0f32; src.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(o, s)| vecmath::quick_gelu_to(s, o));
-        FlexTensor::from_data(TensorData::new(out, shape))
+        elementwise(x, vecmath::quick_gelu_inplace, vecmath::quick_gelu_to)
     }
 
     fn quick_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -261,16 +245,38 @@ unsafe fn gemm_f32(
 }
 
 /// An f32 tensor's values rounded to bf16 (to nearest, ties to even), kept
-/// in f32: in place when this call may overwrite it.
+/// in f32.
 fn rounded_to_bf16(t: FlexTensor) -> FlexTensor {
-    let round = |v: &mut [f32]| {
-        v.iter_mut()
-            .for_each(|x| *x = burn::tensor::bf16::from_f32(*x).to_f32())
-    };
-    let mut t = owned_contiguous(t);
-    let values: &mut [f32] = t.storage_mut();
-    values.par_chunks_mut(CHUNK).for_each(round);
-    t
+    let round = |x: f32| burn::tensor::bf16::from_f32(x).to_f32();
+    elementwise(
+        t,
+        |v| v.iter_mut().for_each(|x| *x = round(*x)),
+        |s, o| o.iter_mut().zip(s).for_each(|(o, s)| *o = round(*s)),
+    )
+}
+
+/// An element-wise map of an f32 tensor, threaded over chunks: in place
+/// (`inplace`) when this call may overwrite `x`, else (the autodiff graph
+/// keeps it) into a new buffer in one pass (`to(src, dst)`).
+fn elementwise(
+    x: FlexTensor,
+    inplace: impl Fn(&mut [f32]) + Sync + Send,
+    to: impl Fn(&[f32], &mut [f32]) + Sync + Send,
+) -> FlexTensor {
+    if writable(&x) {
+        let mut y = x;
+        let values: &mut [f32] = y.storage_mut();
+        values.par_chunks_mut(CHUNK).for_each(inplace);
+        return y;
+    }
+    let shape = x.shape();
+    let x = x.to_contiguous();
+    let src = values(&x);
+    let mut out = vec![0.0f32; src.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(o, s)| to(s, o));
+    FlexTensor::from_data(TensorData::new(out, shape))
 }
 
 /// A bf16 tensor as an f32 one (exact), contiguous.
